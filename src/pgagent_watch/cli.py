@@ -1,0 +1,142 @@
+"""The ``pgagent-watch`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+import psycopg
+
+from . import __version__, capture
+from .config import Settings, load_settings
+from .errors import PgAgentWatchError
+
+logger = logging.getLogger("pgagent_watch")
+
+Command = Callable[[argparse.Namespace], int]
+COMMANDS: dict[str, Command] = {}
+
+
+def say(line: str) -> None:
+    """Print a line for the user (and scripts) at once, not when a buffer fills."""
+    print(line, flush=True)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(args.config)
+
+
+def _server(settings: Settings, name: str) -> tuple[int, str]:
+    for server_id, server in settings.server_ids().items():
+        if server.name == name:
+            return server_id, server.conninfo()
+    known = ", ".join(s.name for s in settings.servers) or "none"
+    raise PgAgentWatchError(f"no server named {name!r} in the configuration (known: {known})")
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    _, conninfo = _server(_settings(args), args.server)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        version = capture.install(conn)
+    say(f"capture version {version} installed on {args.server}")
+    return 0
+
+
+def cmd_uninstall(args: argparse.Namespace) -> int:
+    _, conninfo = _server(_settings(args), args.server)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        capture.uninstall(conn)
+    say(f"capture removed from {args.server}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    failures = 0
+    for _, server in settings.server_ids().items():
+        try:
+            with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+                if not capture.has_pgagent(conn):
+                    raise PgAgentWatchError("pgAgent's schema is missing")
+                version = capture.installed_version(conn)
+                if version is None:
+                    raise PgAgentWatchError("capture not installed")
+                row = conn.execute(
+                    "SELECT count(*) FROM pgagent.pga_jobagent a JOIN pg_stat_activity p"
+                    " ON p.pid = a.jagpid"
+                ).fetchone()
+                agents = row[0] if row else 0
+            say(f"{server.name}: ok (capture {version}, {agents} live agents)")
+        except Exception as exc:
+            failures += 1
+            say(f"{server.name}: FAILED: {str(exc).strip().splitlines()[0] if str(exc) else exc!r}")
+    return 1 if failures else 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server import serve
+    from .service import Service
+
+    settings = _settings(args)
+    host = args.host or settings.web.host
+    port = args.port if args.port is not None else settings.web.port
+    service = Service(settings)
+    asyncio.run(serve(service, host, port, on_ready=lambda: say(f"page: http://{host}:{port}/")))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.port, say=say)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pgagent-watch", description="Live job status and alerting for pgAgent."
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func: Command, help: str, config: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        if config:
+            p.add_argument("--config", "-c", default=None, help="the TOML configuration file")
+        p.set_defaults(func=func)
+        return p
+
+    p = add("demo", cmd_demo, "run the demo: a throwaway cluster, pgAgent, sample jobs", False)
+    p.add_argument("--port", type=int, default=8080, help="the page's port (8080)")
+    p = add("serve", cmd_serve, "watch the configured servers and serve the page")
+    p.add_argument("--host", default=None)
+    p.add_argument("--port", type=int, default=None)
+    p = add("install", cmd_install, "install or upgrade capture in a server's database")
+    p.add_argument("--server", required=True, help="the server's name in the configuration")
+    p = add("uninstall", cmd_uninstall, "remove capture from a server's database")
+    p.add_argument("--server", required=True)
+    add("check", cmd_check, "check that every server is reachable and watched")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except PgAgentWatchError as exc:
+        print(f"pgagent-watch: {exc}", file=sys.stderr)
+        return 2
+    except psycopg.Error as exc:
+        print(f"pgagent-watch: database error: {str(exc).strip()}", file=sys.stderr)
+        return 2

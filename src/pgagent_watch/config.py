@@ -1,0 +1,229 @@
+"""Configuration: a TOML file of monitored servers, overridden by the environment.
+
+Environment variables start with ``PGAGENT_WATCH_`` and use ``__`` between
+nested names (``PGAGENT_WATCH_WEB__PORT=9000``); the SMTP settings also read
+the classic ``SMTP_HOST``, ``SMTP_PORT``, ``SMTP_USER`` and ``SMTP_PASS``.
+Passwords are ``SecretStr``: they never appear in a repr, a log or a page.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from .errors import ConfigError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_toml_path: ContextVar[Path | None] = ContextVar("_toml_path", default=None)
+
+# libpq keepalives: a dead peer is noticed by the kernel too, not only by
+# the listener's own heartbeat.
+KEEPALIVES = {
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "connect_timeout": "10",
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Strict):
+    """One monitored PostgreSQL database that holds pgAgent's schema."""
+
+    name: str
+    id: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    dsn: SecretStr | None = None
+    host: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    dbname: str | None = None
+    user: str | None = None
+    password: SecretStr | None = None
+    passfile: Path | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(
+                "a server name is 1 to 64 letters, digits, '.', '_' or '-'"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_dsn(self) -> ServerConfig:
+        if self.dsn is not None:
+            try:
+                conninfo_to_dict(self.dsn.get_secret_value())
+            except Exception:
+                # The libpq message may quote the DSN, password and all.
+                raise ValueError(f"server {self.name!r}: dsn is not valid") from None
+        elif not (self.host or self.dbname):
+            raise ValueError(f"server {self.name!r}: give a dsn or host and dbname")
+        return self
+
+    def conninfo(self, **extra: str) -> str:
+        """The libpq connection string, secrets included: never log it."""
+        params: dict[str, Any] = dict(KEEPALIVES)
+        if self.dsn is not None:
+            params.update(conninfo_to_dict(self.dsn.get_secret_value()))
+        for key in ("host", "port", "dbname", "user"):
+            value = getattr(self, key)
+            if value is not None:
+                params[key] = str(value)
+        if self.password is not None:
+            params["password"] = self.password.get_secret_value()
+        if self.passfile is not None:
+            params["passfile"] = str(self.passfile)
+        params.setdefault("application_name", "pgagent-watch")
+        params.update(extra)
+        return make_conninfo(**params)
+
+    def describe(self) -> str:
+        """Where this server is, without any secret: safe for logs and pages."""
+        params = conninfo_to_dict(self.conninfo())
+        shown = [f"{k}={params[k]}" for k in ("host", "port", "dbname", "user") if k in params]
+        return " ".join(shown)
+
+
+class WebSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    public_url: str | None = None
+    # Socket.IO: a client silent this long is dropped.
+    ping_interval: float = Field(default=20, gt=0)
+    ping_timeout: float = Field(default=20, gt=0)
+    # Under load, events of one tick leave as one frame per room.
+    coalesce_ms: float = Field(default=5, ge=0, le=1000)
+
+
+class ListenerSettings(_Strict):
+    safety_interval: float = Field(default=30, gt=0)
+    heartbeat_interval: float = Field(default=10, gt=0)
+    heartbeat_timeout: float = Field(default=5, gt=0)
+    backoff_initial: float = Field(default=0.5, gt=0)
+    backoff_max: float = Field(default=30, gt=0)
+
+
+class CaptureSettings(_Strict):
+    retention_days: float = Field(default=14, gt=0)
+    prune_interval: float = Field(default=3600, gt=0)
+
+
+class Settings(BaseSettings):
+    """Everything pgagent-watch reads at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PGAGENT_WATCH_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    servers: list[ServerConfig] = Field(default_factory=list)
+    # The database that holds users, subscriptions and the outbox; by
+    # default the first monitored server's.
+    state_dsn: SecretStr | None = None
+    web: WebSettings = WebSettings()
+    listener: ListenerSettings = ListenerSettings()
+    capture: CaptureSettings = CaptureSettings()
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _unique_servers(self) -> Settings:
+        names = [s.name for s in self.servers]
+        if len(set(names)) != len(names):
+            raise ValueError("server names must be unique")
+        ids = [s.id for s in self.servers if s.id is not None]
+        if len(set(ids)) != len(ids):
+            raise ValueError("server ids must be unique")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _toml_path.get()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    def server_ids(self) -> dict[int, ServerConfig]:
+        """Servers by id: the configured id, else the position from 1."""
+        taken = {s.id for s in self.servers if s.id is not None}
+        out: dict[int, ServerConfig] = {}
+        next_id = 1
+        for server in self.servers:
+            if server.id is not None:
+                out[server.id] = server
+                continue
+            while next_id in taken:
+                next_id += 1
+            out[next_id] = server
+            taken.add(next_id)
+        return out
+
+    def state_conninfo(self) -> str:
+        """Where the service keeps its own state; secrets included."""
+        if self.state_dsn is not None:
+            return make_conninfo(self.state_dsn.get_secret_value(), **KEEPALIVES)
+        if not self.servers:
+            raise ConfigError("no servers configured and no state_dsn")
+        return self.servers[0].conninfo()
+
+
+def _format_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors(include_input=False, include_url=False):
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        lines.append(f"{where}: {err['msg']}")
+    return "; ".join(lines)
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Read the TOML file (if any), then the environment, then the overrides.
+
+    Raises ConfigError with every problem named, and never the value of a
+    secret.
+    """
+    toml = Path(path) if path is not None else None
+    if toml is not None and not toml.is_file():
+        raise ConfigError(f"config file not found: {toml}")
+    token = _toml_path.set(toml)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc)) from None
+    except ValueError as exc:  # a TOML syntax error
+        raise ConfigError(f"{toml}: {exc}") from None
+    finally:
+        _toml_path.reset(token)

@@ -1,0 +1,79 @@
+"""The embedded default: a throwaway cluster, a real pgAgent daemon, sample jobs, the page.
+
+Everything it starts lives in one temporary folder that goes away on
+Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import psycopg
+
+from . import capture, samples
+from .cluster import Agent, Cluster
+from .config import Settings, load_settings
+from .server import serve
+from .service import Service
+
+logger = logging.getLogger("pgagent_watch.demo")
+
+
+@dataclass
+class DemoStack:
+    """The parts of a running demo, for the demo command and for tests."""
+
+    cluster: Cluster
+    agent: Agent
+    jobs: dict[str, int]
+
+
+def prepare_database(dsn: str) -> None:
+    """Create the pgagent extension and install capture in one database."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pgagent")
+        capture.install(conn)
+
+
+@contextlib.contextmanager
+def demo_stack(with_jobs: bool = True, poll_seconds: int = 1) -> Iterator[DemoStack]:
+    """Start a cluster, pgAgent and the sample jobs; tear all of it down after."""
+    cluster = Cluster()
+    agent: Agent | None = None
+    try:
+        cluster.start()
+        prepare_database(cluster.dsn())
+        jobs: dict[str, int] = {}
+        if with_jobs:
+            with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+                jobs = samples.demo_jobs(conn)
+        agent = Agent(cluster.dsn(), poll_seconds=poll_seconds, logfile=cluster.folder / "pgagent.log")
+        agent.start()
+        yield DemoStack(cluster, agent, jobs)
+    finally:
+        if agent is not None:
+            agent.stop()
+        cluster.destroy()
+
+
+def demo_settings(stack: DemoStack, port: int) -> Settings:
+    return load_settings(
+        servers=[{"name": "demo", "dsn": stack.cluster.dsn()}],
+        web={"host": "127.0.0.1", "port": port},
+    )
+
+
+def run_demo(port: int, say: Callable[[str], None] = print) -> int:
+    """The ``demo`` command: serve until Ctrl-C or SIGTERM, then clean up."""
+    with demo_stack() as stack:
+        say(f"database: {stack.cluster.url()}")
+        settings = demo_settings(stack, port)
+        service = Service(settings)
+        asyncio.run(
+            serve(service, "127.0.0.1", port, on_ready=lambda: say(f"page: http://127.0.0.1:{port}/"))
+        )
+    return 0

@@ -1,0 +1,156 @@
+"""The service: monitored servers, their listeners and pools, the hub and the push.
+
+Everything long-running is started and stopped here, in one place, and a
+reference to every background task is kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import socketio
+from psycopg_pool import AsyncConnectionPool
+
+from . import capture, jobs
+from .access import ANONYMOUS, Principal
+from .config import ServerConfig, Settings
+from .hub import Hub
+from .listener import Listener
+from .push import PgAgentNamespace, Pusher
+
+logger = logging.getLogger("pgagent_watch.service")
+
+
+@dataclass
+class MonitoredServer:
+    """One monitored database: its listener and a small pool for reads."""
+
+    id: int
+    config: ServerConfig
+    listener: Listener
+    pool: AsyncConnectionPool
+
+    def public(self) -> dict[str, Any]:
+        """What anyone allowed to see this server may know of it."""
+        status = self.listener.status
+        return {
+            "id": self.id,
+            "name": self.config.name,
+            "state": status.state.value,
+            "reason": status.reason,
+        }
+
+
+class Service:
+    """pgagent-watch in one process: call start(), then serve its app."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.hub = Hub()
+        self.sio = socketio.AsyncServer(
+            async_mode="asgi",
+            cors_allowed_origins=[],
+            ping_interval=settings.web.ping_interval,
+            ping_timeout=settings.web.ping_timeout,
+            # Output never travels on the socket: small frames only.
+            max_http_buffer_size=64 * 1024,
+            logger=False,
+            engineio_logger=False,
+        )
+        self.namespace = PgAgentNamespace(self)
+        self.sio.register_namespace(self.namespace)
+        self.pusher = Pusher(self.sio, settings.web.coalesce_ms / 1000)
+        self.hub.add(self.pusher)
+        self.servers: dict[int, MonitoredServer] = {}
+        for server_id, config in settings.server_ids().items():
+            listener = Listener(server_id, config, settings.listener, self.hub)
+            pool = AsyncConnectionPool(
+                config.conninfo(application_name="pgagent-watch"),
+                min_size=0,
+                max_size=3,
+                max_idle=60,
+                timeout=10,
+                open=False,
+                kwargs={"autocommit": True},
+                name=f"pgagent-watch-{config.name}",
+            )
+            self.servers[server_id] = MonitoredServer(server_id, config, listener, pool)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.started = False
+
+    def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        """Start a background task and keep a reference until it ends."""
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def start(self) -> None:
+        """Open pools, start every listener and the push; never waits on a server."""
+        if self.started:
+            return
+        self.started = True
+        self.pusher.start()
+        for server in self.servers.values():
+            await server.pool.open(wait=False)
+            self.spawn(server.listener.run(), f"listener-{server.config.name}")
+        self.spawn(self._prune_loop(), "prune")
+        logger.info("watching %d servers", len(self.servers))
+
+    async def stop(self) -> None:
+        """Stop every task, finish pending pushes, close every connection."""
+        if not self.started:
+            return
+        self.started = False
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.pusher.stop()
+        for server in self.servers.values():
+            await server.pool.close(timeout=2)
+        logger.info("stopped")
+
+    async def _prune_loop(self) -> None:
+        retention = timedelta(days=self.settings.capture.retention_days)
+        while True:
+            for server in self.servers.values():
+                try:
+                    async with server.pool.connection(timeout=5) as conn:
+                        cur = await conn.execute(capture.PRUNE_SQL, (retention,))
+                        if cur.rowcount:
+                            logger.info(
+                                "pruned %d events of %s", cur.rowcount, server.config.name
+                            )
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    logger.debug("prune of %s skipped: %s", server.config.name, exc)
+            await asyncio.sleep(self.settings.capture.prune_interval)
+
+    # Authentication: until users exist everyone is the anonymous administrator.
+    async def authenticate_socket(self, environ: dict[str, Any], auth: Any) -> Principal | None:
+        return ANONYMOUS
+
+    async def authenticate_request(self, headers: Any, cookies: Any) -> Principal | None:
+        return ANONYMOUS
+
+    async def job_states(self, server_id: int, job_id: int | None = None) -> list[jobs.JobState]:
+        """The jobs of a server with their latest run, read through its pool."""
+        server = self.servers[server_id]
+        async with server.pool.connection(timeout=5) as conn:
+            return await jobs.job_states(conn, job_id)
+
+    def health(self) -> dict[str, Any]:
+        """Each listener's state; no connection string, no secret."""
+        servers = {
+            str(s.id): {"name": s.config.name, **s.listener.status.as_dict()}
+            for s in self.servers.values()
+        }
+        ok = all(s.listener.status.state.value == "connected" for s in self.servers.values())
+        return {"status": "ok" if ok else "degraded", "servers": servers}
+
