@@ -41,6 +41,9 @@ def create_job(
 ) -> int:
     """Create a job with its steps (and a schedule); return its jobid.
 
+    pgAgent runs the steps of a job in the order of their names, not of
+    their creation: number them to fix the order.
+
     A job without a schedule runs only when asked (``run_now``).
     """
     with conn.transaction():
@@ -98,9 +101,9 @@ def demo_jobs(conn: psycopg.Connection) -> dict[str, int]:
             conn,
             "nightly-export",
             [
-                Step("prepare", "SELECT 1"),
+                Step("1 prepare", "SELECT 1"),
                 Step(
-                    "export",
+                    "2 export",
                     "echo 'exporting orders to C:\\exports\\orders.csv'; "
                     "echo 'disk quota exceeded' >&2; exit 1",
                     kind="b",
@@ -120,9 +123,9 @@ def demo_jobs(conn: psycopg.Connection) -> dict[str, int]:
             conn,
             "warehouse-refresh",
             [
-                Step("vacuum", "SELECT pg_sleep(1)"),
-                Step("optional-cleanup", "SELECT * FROM no_such_table", on_error="i"),
-                Step("report", "echo 'report written'", kind="b"),
+                Step("1 vacuum", "SELECT pg_sleep(1)"),
+                Step("2 optional cleanup", "SELECT * FROM no_such_table", on_error="i"),
+                Step("3 report", "echo 'report written'", kind="b"),
             ],
             schedule=every_minutes(range(0, 60, 3)),
             description="Three steps; the middle one fails and is ignored.",

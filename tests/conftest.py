@@ -1,0 +1,1 @@
+"""Shared test set-up lives in fix_cluster.py, loaded as a plugin."""
