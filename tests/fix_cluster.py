@@ -48,7 +48,9 @@ def cluster() -> Iterator[Cluster]:
 @pytest.fixture(scope="session")
 def agent(cluster: Cluster) -> Iterator[Agent]:
     """The real pgAgent daemon, polling every second. Tests that kill it restart it."""
-    a = Agent(cluster.dsn(), poll_seconds=1, logfile=cluster.folder / "pgagent.log").start()
+    a = Agent(
+        cluster.dsn(), poll_seconds=1, logfile=cluster.folder / "pgagent.log"
+    ).start()
     try:
         yield a
     finally:
@@ -84,14 +86,22 @@ def make_job(db: psycopg.Connection) -> Callable[..., int]:
     # Disable what the test made, so the daemon never runs it again.
     for job_id in created:
         with contextlib.suppress(psycopg.Error):
-            db.execute("UPDATE pgagent.pga_job SET jobenabled = false WHERE jobid = %s", (job_id,))
+            db.execute(
+                "UPDATE pgagent.pga_job SET jobenabled = false WHERE jobid = %s",
+                (job_id,),
+            )
 
 
 def settings_for(cluster: Cluster, **overrides: Any) -> Settings:
     base: dict[str, Any] = {
         "servers": [{"name": "test", "dsn": cluster.dsn()}],
-        "listener": {"safety_interval": 2, "heartbeat_interval": 1, "heartbeat_timeout": 3,
-                     "backoff_initial": 0.1, "backoff_max": 1},
+        "listener": {
+            "safety_interval": 2,
+            "heartbeat_interval": 1,
+            "heartbeat_timeout": 3,
+            "backoff_initial": 0.1,
+            "backoff_max": 1,
+        },
     }
     base.update(overrides)
     return load_settings(**base)
@@ -134,18 +144,20 @@ async def watch(cluster: Cluster) -> AsyncIterator[Running]:
 
 async def wait_connected(running: Running, server_id: int = 1) -> None:
     listener = running.service.servers[server_id].listener
-    await until(lambda: listener.status.state.value == "connected", "listener connected")
+    await until(
+        lambda: listener.status.state.value == "connected", "listener connected"
+    )
 
 
-async def until(predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
+async def until(predicate: Callable[[], Any], what: str, limit: float = WAIT) -> Any:
     """Wait for a condition checked on every event-loop turn, with a limit."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + limit
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            raise AssertionError(f"timed out after {limit} s waiting for {what}")
         await asyncio.sleep(0.02)
 
 
@@ -163,8 +175,13 @@ class Client:
             self._changed.set()
 
     async def connect(self, url: str, **kw: Any) -> Client:
-        await self.sio.connect(url, namespaces=["/pgagent"], transports=["websocket"],
-                               wait_timeout=10, **kw)
+        await self.sio.connect(
+            url,
+            namespaces=["/pgagent"],
+            transports=["websocket"],
+            wait_timeout=10,
+            **kw,
+        )
         return self
 
     async def emit(self, event: str, data: Any = None) -> None:
@@ -186,17 +203,20 @@ class Client:
                 out.extend(data["events"])
         return out
 
-    async def wait_for(self, predicate: Callable[[Client], Any], what: str,
-                       timeout: float = WAIT) -> Any:
-        deadline = time.monotonic() + timeout
+    async def wait_for(
+        self, predicate: Callable[[Client], Any], what: str, limit: float = WAIT
+    ) -> Any:
+        deadline = time.monotonic() + limit
         while True:
             value = predicate(self)
             if value:
                 return value
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError(f"timed out after {timeout} s waiting for {what};"
-                                     f" received {self.received[-10:]!r}")
+                raise AssertionError(
+                    f"timed out after {limit} s waiting for {what};"
+                    f" received {self.received[-10:]!r}"
+                )
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)

@@ -1,4 +1,4 @@
-"""The main job, for real: the pgAgent daemon runs jobs and a socket client sees each change."""
+"""The main job, for real: pgAgent runs jobs and a socket client sees each change."""
 
 from __future__ import annotations
 
@@ -13,12 +13,16 @@ from .fix_cluster import WAIT, Running, run_updates, until
 FINISHED = {"s", "f", "i", "d"}
 
 
-async def run_and_collect(watch: Running, client_factory, db: psycopg.Connection, job_id: int):
+async def run_and_collect(
+    watch: Running, client_factory, db: psycopg.Connection, job_id: int
+):
     client = await client_factory(watch.url)
     await client.call("start_job_status_listener", {"sid": 1})
     samples.run_now(db, job_id)
     await client.wait_for(
-        lambda c: any(k == "run" and s in FINISHED for k, s in run_updates(c.updates(), job_id)),
+        lambda c: any(
+            k == "run" and s in FINISHED for k, s in run_updates(c.updates(), job_id)
+        ),
         f"the end of a run of job {job_id}",
     )
     return client, run_updates(client.updates(), job_id)
@@ -32,7 +36,9 @@ async def test_a_succeeding_sql_step_reaches_the_client_in_order(
     assert story == [("run", "r"), ("step", "r"), ("step", "s"), ("run", "s")]
 
 
-async def test_a_failing_sql_step_fails_the_run(watch, client_factory, db, make_job, live_agent):
+async def test_a_failing_sql_step_fails_the_run(
+    watch, client_factory, db, make_job, live_agent
+):
     job_id = make_job([Step("boom", "SELECT 1/0")])
     client, story = await run_and_collect(watch, client_factory, db, job_id)
     assert story == [("run", "r"), ("step", "r"), ("step", "f"), ("run", "f")]
@@ -40,19 +46,39 @@ async def test_a_failing_sql_step_fails_the_run(watch, client_factory, db, make_
     assert final["status_text"] == "failed"
     assert final["job_name"]
     assert final["duration"] is not None and final["duration"] >= 0
-    for field in ("sid", "job_id", "job_name", "run_id", "step_id", "status",
-                  "status_text", "timestamp", "duration", "event_id"):
+    for field in (
+        "sid",
+        "job_id",
+        "job_name",
+        "run_id",
+        "step_id",
+        "status",
+        "status_text",
+        "timestamp",
+        "duration",
+        "event_id",
+    ):
         assert field in final
 
 
 async def test_a_batch_step_with_a_nonzero_exit_fails_with_its_code(
     watch, client_factory, db, make_job, live_agent
 ):
-    job_id = make_job([Step("1 sql", "SELECT 1"), Step("2 exit", "echo out; exit 3", kind="b")])
+    job_id = make_job(
+        [Step("1 sql", "SELECT 1"), Step("2 exit", "echo out; exit 3", kind="b")]
+    )
     client, story = await run_and_collect(watch, client_factory, db, job_id)
-    assert story == [("run", "r"), ("step", "r"), ("step", "s"),
-                     ("step", "r"), ("step", "f"), ("run", "f")]
-    failed_step = [u for u in client.updates() if u["job_id"] == job_id and u["kind"] == "step"][-1]
+    assert story == [
+        ("run", "r"),
+        ("step", "r"),
+        ("step", "s"),
+        ("step", "r"),
+        ("step", "f"),
+        ("run", "f"),
+    ]
+    failed_step = [
+        u for u in client.updates() if u["job_id"] == job_id and u["kind"] == "step"
+    ][-1]
     assert failed_step["step_name"] == "2 exit"
     assert failed_step["result"] == 3
 
@@ -60,17 +86,22 @@ async def test_a_batch_step_with_a_nonzero_exit_fails_with_its_code(
 async def test_an_ignored_step_failure_lets_the_run_succeed(
     watch, client_factory, db, make_job, live_agent
 ):
-    job_id = make_job([
-        Step("1 first", "SELECT 1"),
-        Step("2 optional", "SELECT * FROM no_such_table", on_error="i"),
-        Step("3 last", "echo done", kind="b"),
-    ])
+    job_id = make_job(
+        [
+            Step("1 first", "SELECT 1"),
+            Step("2 optional", "SELECT * FROM no_such_table", on_error="i"),
+            Step("3 last", "echo done", kind="b"),
+        ]
+    )
     _, story = await run_and_collect(watch, client_factory, db, job_id)
     assert story == [
         ("run", "r"),
-        ("step", "r"), ("step", "s"),
-        ("step", "r"), ("step", "i"),
-        ("step", "r"), ("step", "s"),
+        ("step", "r"),
+        ("step", "s"),
+        ("step", "r"),
+        ("step", "i"),
+        ("step", "r"),
+        ("step", "s"),
         ("run", "s"),
     ]
 
@@ -83,14 +114,16 @@ async def test_a_run_whose_agent_died_is_reported_aborted(
     await client.call("start_job_status_listener", {"sid": 1})
     samples.run_now(db, job_id)
     await client.wait_for(
-        lambda c: ("step", "r") in run_updates(c.updates(), job_id), "the long step to start"
+        lambda c: ("step", "r") in run_updates(c.updates(), job_id),
+        "the long step to start",
     )
     live_agent.kill()
     # A new agent removes the dead one and aborts its runs.
     live_agent.start()
     await client.wait_for(
-        lambda c: ("run", "d") in run_updates(c.updates(), job_id), "the run to be aborted",
-        timeout=WAIT * 2,
+        lambda c: ("run", "d") in run_updates(c.updates(), job_id),
+        "the run to be aborted",
+        limit=WAIT * 2,
     )
     story = run_updates(client.updates(), job_id)
     assert story[:2] == [("run", "r"), ("step", "r")]
@@ -108,7 +141,8 @@ async def test_a_late_client_gets_every_jobs_current_state(
     samples.run_now(db, job_id)
     await until(
         lambda: db.execute(
-            "SELECT 1 FROM pgagent.pga_joblog WHERE jlgjobid = %s AND jlgstatus = 's'", (job_id,)
+            "SELECT 1 FROM pgagent.pga_joblog WHERE jlgjobid = %s AND jlgstatus = 's'",
+            (job_id,),
         ).fetchone(),
         "the run to succeed",
     )

@@ -35,7 +35,9 @@ class Principal:
     email: str | None = None
 
     def can_see(self, server_id: int) -> bool:
-        return self.role == Role.ADMIN or self.servers is None or server_id in self.servers
+        return (
+            self.role == Role.ADMIN or self.servers is None or server_id in self.servers
+        )
 
     def can_operate(self, server_id: int) -> bool:
         return _RANK[self.role] >= _RANK[Role.OPERATOR] and self.can_see(server_id)

@@ -37,7 +37,9 @@ def installed_version(conn: psycopg.Connection) -> int | None:
 
 def has_pgagent(conn: psycopg.Connection) -> bool:
     """Whether pgAgent's own schema (its job log tables) is in this database."""
-    row = conn.execute("SELECT to_regclass('pgagent.pga_joblog') IS NOT NULL").fetchone()
+    row = conn.execute(
+        "SELECT to_regclass('pgagent.pga_joblog') IS NOT NULL"
+    ).fetchone()
     return bool(row and row[0])
 
 

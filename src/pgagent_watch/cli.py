@@ -34,7 +34,9 @@ def _server(settings: Settings, name: str) -> tuple[int, str]:
         if server.name == name:
             return server_id, server.conninfo()
     known = ", ".join(s.name for s in settings.servers) or "none"
-    raise PgAgentWatchError(f"no server named {name!r} in the configuration (known: {known})")
+    raise PgAgentWatchError(
+        f"no server named {name!r} in the configuration (known: {known})"
+    )
 
 
 def cmd_install(args: argparse.Namespace) -> int:
@@ -65,14 +67,15 @@ def cmd_check(args: argparse.Namespace) -> int:
                 if version is None:
                     raise PgAgentWatchError("capture not installed")
                 row = conn.execute(
-                    "SELECT count(*) FROM pgagent.pga_jobagent a JOIN pg_stat_activity p"
-                    " ON p.pid = a.jagpid"
+                    "SELECT count(*) FROM pgagent.pga_jobagent a"
+                    " JOIN pg_stat_activity p ON p.pid = a.jagpid"
                 ).fetchone()
                 agents = row[0] if row else 0
             say(f"{server.name}: ok (capture {version}, {agents} live agents)")
         except Exception as exc:
             failures += 1
-            say(f"{server.name}: FAILED: {str(exc).strip().splitlines()[0] if str(exc) else exc!r}")
+            reason = str(exc).strip().splitlines()[0] if str(exc) else repr(exc)
+            say(f"{server.name}: FAILED: {reason}")
     return 1 if failures else 0
 
 
@@ -84,7 +87,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = args.host or settings.web.host
     port = args.port if args.port is not None else settings.web.port
     service = Service(settings)
-    asyncio.run(serve(service, host, port, on_ready=lambda: say(f"page: http://{host}:{port}/")))
+    asyncio.run(
+        serve(service, host, port, on_ready=lambda: say(f"page: http://{host}:{port}/"))
+    )
     return 0
 
 
@@ -99,23 +104,36 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pgagent-watch", description="Live job status and alerting for pgAgent."
     )
     parser.add_argument("--version", action="version", version=__version__)
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add(name: str, func: Command, help: str, config: bool = True) -> argparse.ArgumentParser:
+    def add(
+        name: str, func: Command, help: str, config: bool = True
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         if config:
-            p.add_argument("--config", "-c", default=None, help="the TOML configuration file")
+            p.add_argument(
+                "--config", "-c", default=None, help="the TOML configuration file"
+            )
         p.set_defaults(func=func)
         return p
 
-    p = add("demo", cmd_demo, "run the demo: a throwaway cluster, pgAgent, sample jobs", False)
+    p = add(
+        "demo",
+        cmd_demo,
+        "run the demo: a throwaway cluster, pgAgent, sample jobs",
+        False,
+    )
     p.add_argument("--port", type=int, default=8080, help="the page's port (8080)")
     p = add("serve", cmd_serve, "watch the configured servers and serve the page")
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=int, default=None)
     p = add("install", cmd_install, "install or upgrade capture in a server's database")
-    p.add_argument("--server", required=True, help="the server's name in the configuration")
+    p.add_argument(
+        "--server", required=True, help="the server's name in the configuration"
+    )
     p = add("uninstall", cmd_uninstall, "remove capture from a server's database")
     p.add_argument("--server", required=True)
     add("check", cmd_check, "check that every server is reachable and watched")

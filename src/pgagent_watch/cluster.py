@@ -151,9 +151,7 @@ class Cluster:
 
     def start_server(self) -> None:
         """Start (or restart after stop_server) the postmaster and wait for it."""
-        self._pg(
-            "pg_ctl", "-D", str(self.data), "-l", str(self.logfile), "-w", "start"
-        )
+        self._pg("pg_ctl", "-D", str(self.data), "-l", str(self.logfile), "-w", "start")
         self.running = True
 
     def stop_server(self, mode: str = "fast") -> None:
@@ -164,8 +162,15 @@ class Cluster:
     def restart(self) -> None:
         """Restart PostgreSQL: every connection is dropped, the data stays."""
         self._pg(
-            "pg_ctl", "-D", str(self.data), "-l", str(self.logfile), "-m", "fast",
-            "-w", "restart",
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.logfile),
+            "-m",
+            "fast",
+            "-w",
+            "restart",
         )
         self.running = True
 
@@ -182,7 +187,9 @@ class Agent:
     def __init__(self, dsn: str, poll_seconds: int = 1, logfile: Path | None = None):
         self.dsn = dsn
         self.poll_seconds = poll_seconds
-        self.logfile = logfile or Path(tempfile.mkstemp(prefix="pgagent-", suffix=".log")[1])
+        self.logfile = logfile or Path(
+            tempfile.mkstemp(prefix="pgagent-", suffix=".log")[1]
+        )
         self.proc: subprocess.Popen[bytes] | None = None
 
     @staticmethod

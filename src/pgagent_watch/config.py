@@ -105,7 +105,11 @@ class ServerConfig(_Strict):
     def describe(self) -> str:
         """Where this server is, without any secret: safe for logs and pages."""
         params = conninfo_to_dict(self.conninfo())
-        shown = [f"{k}={params[k]}" for k in ("host", "port", "dbname", "user") if k in params]
+        shown = [
+            f"{k}={params[k]}"
+            for k in ("host", "port", "dbname", "user")
+            if k in params
+        ]
         return " ".join(shown)
 
 
@@ -192,13 +196,15 @@ class Settings(BaseSettings):
             taken.add(next_id)
         return out
 
-    def state_conninfo(self) -> str:
+    def state_conninfo(self, **extra: str) -> str:
         """Where the service keeps its own state; secrets included."""
         if self.state_dsn is not None:
-            return make_conninfo(self.state_dsn.get_secret_value(), **KEEPALIVES)
+            return make_conninfo(
+                self.state_dsn.get_secret_value(), **KEEPALIVES, **extra
+            )
         if not self.servers:
             raise ConfigError("no servers configured and no state_dsn")
-        return self.servers[0].conninfo()
+        return self.servers[0].conninfo(**extra)
 
 
 def _format_error(exc: ValidationError) -> str:
@@ -209,7 +215,9 @@ def _format_error(exc: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+def load_settings(
+    path: str | os.PathLike[str] | None = None, **overrides: Any
+) -> Settings:
     """Read the TOML file (if any), then the environment, then the overrides.
 
     Raises ConfigError with every problem named, and never the value of a

@@ -1,4 +1,4 @@
-"""The embedded default: a throwaway cluster, a real pgAgent daemon, sample jobs, the page.
+"""The embedded default: a throwaway cluster, a real pgAgent daemon, the page.
 
 Everything it starts lives in one temporary folder that goes away on
 Ctrl-C or SIGTERM.
@@ -51,7 +51,11 @@ def demo_stack(with_jobs: bool = True, poll_seconds: int = 1) -> Iterator[DemoSt
         if with_jobs:
             with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
                 jobs = samples.demo_jobs(conn)
-        agent = Agent(cluster.dsn(), poll_seconds=poll_seconds, logfile=cluster.folder / "pgagent.log")
+        agent = Agent(
+            cluster.dsn(),
+            poll_seconds=poll_seconds,
+            logfile=cluster.folder / "pgagent.log",
+        )
         agent.start()
         yield DemoStack(cluster, agent, jobs)
     finally:
@@ -74,6 +78,11 @@ def run_demo(port: int, say: Callable[[str], None] = print) -> int:
         settings = demo_settings(stack, port)
         service = Service(settings)
         asyncio.run(
-            serve(service, "127.0.0.1", port, on_ready=lambda: say(f"page: http://127.0.0.1:{port}/"))
+            serve(
+                service,
+                "127.0.0.1",
+                port,
+                on_ready=lambda: say(f"page: http://127.0.0.1:{port}/"),
+            )
         )
     return 0

@@ -28,7 +28,9 @@ KINDS: tuple[str, ...] = ("run", "step", "job")
 
 def status_text(kind: str, status: str | None) -> str:
     """Spell out a status letter of pgAgent's for the given event kind."""
-    table = {"run": RUN_STATUS_TEXT, "step": STEP_STATUS_TEXT}.get(kind, JOB_STATUS_TEXT)
+    table = {"run": RUN_STATUS_TEXT, "step": STEP_STATUS_TEXT}.get(
+        kind, JOB_STATUS_TEXT
+    )
     if status is None:
         return ""
     return table.get(status, status)
@@ -142,5 +144,10 @@ def parse_payload(payload: str) -> Notice:
     if len(status) > 16:
         raise PayloadError("status too long")
     return Notice(
-        event_id, kind, _opt_int(parts[2]), _opt_int(parts[3]), _opt_int(parts[4]), status
+        event_id,
+        kind,
+        _opt_int(parts[2]),
+        _opt_int(parts[3]),
+        _opt_int(parts[4]),
+        status,
     )

@@ -39,7 +39,9 @@ class Hub:
             try:
                 consumer.submit(events)
             except Exception:
-                logger.exception("consumer %r failed on %d events", consumer, len(events))
+                logger.exception(
+                    "consumer %r failed on %d events", consumer, len(events)
+                )
 
     def publish_state(self, server_id: int, state: str, reason: str | None) -> None:
         for consumer in self._consumers:

@@ -69,8 +69,12 @@ class ListenerStatus:
             "state": self.state.value,
             "reason": self.reason,
             "since": self.since.isoformat(),
-            "connected_at": self.connected_at.isoformat() if self.connected_at else None,
-            "last_event_at": self.last_event_at.isoformat() if self.last_event_at else None,
+            "connected_at": self.connected_at.isoformat()
+            if self.connected_at
+            else None,
+            "last_event_at": self.last_event_at.isoformat()
+            if self.last_event_at
+            else None,
             "events": self.events,
             "reconnects": self.reconnects,
             "lag_seconds": self.lag_seconds,
@@ -171,7 +175,9 @@ class Listener:
                 await self._bounded(self.cursor.start_from_now(conn))
             self.status.connected_at = datetime.now(UTC)
             self._set_state(ListenerState.CONNECTED)
-            logger.info("listening to %s (%s)", self.server.name, self.server.describe())
+            logger.info(
+                "listening to %s (%s)", self.server.name, self.server.describe()
+            )
             self._publish(events)
             await self._loop(conn)
         finally:
@@ -189,7 +195,9 @@ class Listener:
         row = await cur.fetchone()
         assert row is not None
         if not row[0]:
-            raise ServerProblem("pgAgent's schema is missing (CREATE EXTENSION pgagent)")
+            raise ServerProblem(
+                "pgAgent's schema is missing (CREATE EXTENSION pgagent)"
+            )
         if not row[1]:
             raise ServerProblem(
                 "capture is not installed: run "
@@ -211,21 +219,27 @@ class Listener:
             notified: list[int] = []
             wait = min(
                 self.settings.heartbeat_interval,
-                max(0.0, self.settings.safety_interval - (time.monotonic() - last_full)),
+                max(
+                    0.0, self.settings.safety_interval - (time.monotonic() - last_full)
+                ),
             )
             if not self._wake.is_set():
                 async for notice in conn.notifies(timeout=wait, stop_after=1):
                     try:
                         notified.append(parse_payload(notice.payload).event_id)
                     except PayloadError as exc:
-                        logger.debug("ignored notification %r: %s", notice.payload[:80], exc)
+                        logger.debug(
+                            "ignored notification %r: %s", notice.payload[:80], exc
+                        )
             due = time.monotonic() - last_full >= self.settings.safety_interval
             if self._wake.is_set() or due:
                 self._wake.clear()
                 self._publish(await self._bounded(self.cursor.read_full(conn)))
                 last_full = time.monotonic()
             elif notified:
-                self._publish(await self._bounded(self.cursor.read_live(conn, notified)))
+                self._publish(
+                    await self._bounded(self.cursor.read_live(conn, notified))
+                )
             else:
                 # Quiet: the heartbeat proves the connection still answers.
                 await self._bounded(conn.execute("SELECT 1"))

@@ -69,7 +69,7 @@ def server_id_of(data: Any) -> int:
 Handler = Callable[[str, Principal, Any], Awaitable[Any]]
 
 
-class PgAgentNamespace(socketio.AsyncNamespace):
+class PgAgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     """The socket protocol; every rule about who may see what is the Principal's."""
 
     def __init__(self, service: Service) -> None:
@@ -83,7 +83,9 @@ class PgAgentNamespace(socketio.AsyncNamespace):
         principal = session.get("principal")
         return principal if isinstance(principal, Principal) else None
 
-    async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+    async def on_connect(
+        self, sid: str, environ: dict[str, Any], auth: Any = None
+    ) -> None:
         principal = await self.service.authenticate_socket(environ, auth)
         if principal is None:
             raise socketio.exceptions.ConnectionRefusedError(
@@ -104,7 +106,9 @@ class PgAgentNamespace(socketio.AsyncNamespace):
         principal = await self._principal(sid)
         server_id = server_id_of(data)
         if server_id not in self.service.servers:
-            raise BadRequest("SERVER_NOT_FOUND", f"no server with id {server_id}", server_id)
+            raise BadRequest(
+                "SERVER_NOT_FOUND", f"no server with id {server_id}", server_id
+            )
         if principal is None or not principal.can_see(server_id):
             raise BadRequest("FORBIDDEN", "you may not watch this server", server_id)
         return principal, server_id
@@ -116,7 +120,11 @@ class PgAgentNamespace(socketio.AsyncNamespace):
             return await self._error(sid, exc)
         await self.enter_room(sid, room(server_id))
         status = self.service.servers[server_id].listener.status
-        payload = {"sid": server_id, "state": status.state.value, "reason": status.reason}
+        payload = {
+            "sid": server_id,
+            "state": status.state.value,
+            "reason": status.reason,
+        }
         await self.emit("job_status_listener_started", payload, to=sid)
         return payload
 
@@ -146,7 +154,10 @@ class PgAgentNamespace(socketio.AsyncNamespace):
         except Exception as exc:
             logger.warning("job states of server %s: %s", server_id, exc)
             return await self._error(
-                sid, BadRequest("SERVER_UNAVAILABLE", "the server cannot be read now", server_id)
+                sid,
+                BadRequest(
+                    "SERVER_UNAVAILABLE", "the server cannot be read now", server_id
+                ),
             )
         payload = {"sid": server_id, "jobs": jsonable(jobs)}
         await self.emit("job_states", payload, to=sid)
@@ -223,7 +234,9 @@ class Pusher:
     def server_state(self, server_id: int, state: str, reason: str | None) -> None:
         payload = {"sid": server_id, "state": state, "reason": reason}
         task = asyncio.get_running_loop().create_task(
-            self.sio.emit("server_status", payload, room=room(server_id), namespace=NAMESPACE)
+            self.sio.emit(
+                "server_status", payload, room=room(server_id), namespace=NAMESPACE
+            )
         )
         _background.add(task)
         task.add_done_callback(_background.discard)
@@ -247,7 +260,10 @@ class Pusher:
         for server_id, updates in pending.items():
             if len(updates) == 1:
                 await self.sio.emit(
-                    "job_status_update", updates[0], room=room(server_id), namespace=NAMESPACE
+                    "job_status_update",
+                    updates[0],
+                    room=room(server_id),
+                    namespace=NAMESPACE,
                 )
             else:
                 await self.sio.emit(

@@ -1,4 +1,4 @@
-"""Creating pgAgent jobs the way pgAdmin does: for the demo, the tests and benchmarks."""
+"""Creating pgAgent jobs as pgAdmin does: for the demo, the tests and benchmarks."""
 
 from __future__ import annotations
 
@@ -57,8 +57,9 @@ def create_job(
         job_id = int(row[0])
         for step in steps:
             conn.execute(
-                "INSERT INTO pgagent.pga_jobstep (jstjobid, jstname, jstkind, jstcode,"
-                " jstdbname, jstonerror, jstenabled) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                "INSERT INTO pgagent.pga_jobstep (jstjobid, jstname, jstkind,"
+                " jstcode, jstdbname, jstonerror, jstenabled)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
                 (
                     job_id,
                     step.name,
@@ -87,7 +88,7 @@ def run_now(conn: psycopg.Connection, job_id: int) -> None:
 
 
 def demo_jobs(conn: psycopg.Connection) -> dict[str, int]:
-    """The demo's sample jobs: one succeeds, one fails, one runs long, one has steps."""
+    """The demo's jobs: one succeeds, one fails, one runs long, one has steps."""
     minute = every_minutes()
     jobs = {
         "heartbeat": create_job(

@@ -15,7 +15,7 @@ from typing import Any
 import socketio
 from psycopg_pool import AsyncConnectionPool
 
-from . import capture, jobs
+from . import capture, jobs, state
 from .access import ANONYMOUS, Principal
 from .config import ServerConfig, Settings
 from .hub import Hub
@@ -79,6 +79,21 @@ class Service:
                 name=f"pgagent-watch-{config.name}",
             )
             self.servers[server_id] = MonitoredServer(server_id, config, listener, pool)
+        # The service's own state (users, subscriptions, outbox): one pool.
+        self.state_pool = AsyncConnectionPool(
+            settings.state_conninfo(application_name="pgagent-watch state")
+            if settings.servers or settings.state_dsn
+            else "",
+            min_size=0,
+            max_size=4,
+            max_idle=60,
+            timeout=10,
+            open=False,
+            kwargs={"autocommit": True},
+            name="pgagent-watch-state",
+        )
+        self.state_ready = asyncio.Event()
+        self.state_error: str | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.started = False
 
@@ -95,6 +110,8 @@ class Service:
             return
         self.started = True
         self.pusher.start()
+        await self.state_pool.open(wait=False)
+        self.spawn(self._prepare_state(), "state")
         for server in self.servers.values():
             await server.pool.open(wait=False)
             self.spawn(server.listener.run(), f"listener-{server.config.name}")
@@ -113,7 +130,30 @@ class Service:
         await self.pusher.stop()
         for server in self.servers.values():
             await server.pool.close(timeout=2)
+        await self.state_pool.close(timeout=2)
         logger.info("stopped")
+
+    async def _prepare_state(self) -> None:
+        """Migrate the state schema, retrying until the state database answers."""
+        delay = self.settings.listener.backoff_initial
+        while True:
+            try:
+                async with self.state_pool.connection(timeout=10) as conn:
+                    await state.migrate(conn)
+                self.state_error = None
+                self.state_ready.set()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.state_error = (
+                    str(exc).strip().splitlines()[0] if str(exc) else repr(exc)
+                )
+                logger.warning(
+                    "state database not ready (%s); retrying", self.state_error
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.settings.listener.backoff_max)
 
     async def _prune_loop(self) -> None:
         retention = timedelta(days=self.settings.capture.retention_days)
@@ -124,7 +164,9 @@ class Service:
                         cur = await conn.execute(capture.PRUNE_SQL, (retention,))
                         if cur.rowcount:
                             logger.info(
-                                "pruned %d events of %s", cur.rowcount, server.config.name
+                                "pruned %d events of %s",
+                                cur.rowcount,
+                                server.config.name,
                             )
                 except asyncio.CancelledError:
                     raise
@@ -133,13 +175,17 @@ class Service:
             await asyncio.sleep(self.settings.capture.prune_interval)
 
     # Authentication: until users exist everyone is the anonymous administrator.
-    async def authenticate_socket(self, environ: dict[str, Any], auth: Any) -> Principal | None:
+    async def authenticate_socket(
+        self, environ: dict[str, Any], auth: Any
+    ) -> Principal | None:
         return ANONYMOUS
 
-    async def authenticate_request(self, headers: Any, cookies: Any) -> Principal | None:
+    async def authenticate_request(self, request: Any) -> Principal | None:
         return ANONYMOUS
 
-    async def job_states(self, server_id: int, job_id: int | None = None) -> list[jobs.JobState]:
+    async def job_states(
+        self, server_id: int, job_id: int | None = None
+    ) -> list[jobs.JobState]:
         """The jobs of a server with their latest run, read through its pool."""
         server = self.servers[server_id]
         async with server.pool.connection(timeout=5) as conn:
@@ -151,6 +197,15 @@ class Service:
             str(s.id): {"name": s.config.name, **s.listener.status.as_dict()}
             for s in self.servers.values()
         }
-        ok = all(s.listener.status.state.value == "connected" for s in self.servers.values())
-        return {"status": "ok" if ok else "degraded", "servers": servers}
-
+        ok = all(
+            s.listener.status.state.value == "connected" for s in self.servers.values()
+        )
+        ok = ok and self.state_ready.is_set()
+        return {
+            "status": "ok" if ok else "degraded",
+            "servers": servers,
+            "state_database": {
+                "ready": self.state_ready.is_set(),
+                "error": self.state_error,
+            },
+        }
