@@ -10,7 +10,8 @@ demo: system $(STAMP)
 	$(VENV)/bin/pgagent-watch demo --port $(or $(PORT),8080)
 
 test: system $(STAMP)
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check
+	$(VENV)/bin/ruff format --check
 	$(VENV)/bin/mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
