@@ -1,0 +1,1 @@
+"""Benchmarks of pgagent-watch, each beside its baseline: ``python -m bench``."""
