@@ -56,7 +56,7 @@ FULL = Size(
     latency_seconds=5,
     latency_min_events=150,
     fanout_clients=(100, 500),
-    fanout_rates=(100, 200, 400, 800, 1600, 3200),
+    fanout_rates=(25, 50, 100, 200, 400, 800, 1600, 3200),
     fanout_seconds=3,
     connection_clients=(1, 100, 1000),
     capture_runs=1000,
@@ -184,7 +184,7 @@ def fanout(size: Size) -> Result:
         kind = "bare-sio" if bare else "service"
         with (
             bed() as b,
-            service(b, bare=bare) as (_svc, url),
+            service(b, bare=bare) as (svc, url),
             helper("clients") as clients,
         ):
             writer = Writer(b)
@@ -196,12 +196,14 @@ def fanout(size: Size) -> Result:
                 for rate in size.fanout_rates:
                     events = max(20, int(rate * size.fanout_seconds))
                     clients.ask("reset", sample=50)
+                    cpu = svc.cpu()
                     start = time.time()
                     achieved = writer.write(events, rate)
                     seen = clients.ask(
                         "wait", expect=events, timeout=_drain_timeout(events, rate)
                     )
                     span = max(seen["last"] - start, 1e-6)
+                    cpu = svc.cpu() - cpu
                     step = {
                         "server": kind,
                         "clients": n,
@@ -211,6 +213,9 @@ def fanout(size: Size) -> Result:
                         "frames": seen["frames"],
                         "p99_ms": _round(seen["latency"]["p99"]),
                         "undelivered": n * events - seen["delivered"],
+                        "cpu_us_per_delivery": round(
+                            cpu / max(seen["delivered"], 1) * 1e6, 1
+                        ),
                     }
                     ok = step["undelivered"] == 0 and (step["p99_ms"] or 1e9) <= 100
                     step["sustained"] = ok

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import engineio
 import socketio
 
 from .access import Principal
@@ -32,6 +33,8 @@ logger = logging.getLogger("pgagent_watch.push")
 
 NAMESPACE = "/pgagent"
 MAX_ID = 2**31 - 1
+# Events in one batch frame at most: a burst leaves as frames of bounded size.
+MAX_BATCH = 500
 
 
 def room(server_id: int) -> str:
@@ -199,9 +202,10 @@ def jsonable(value: Any) -> Any:
 class Pusher:
     """The hub consumer that emits events to each server's room.
 
-    When idle, an event leaves at once. After a flush, events that arrive
-    within ``coalesce`` seconds wait for the next tick and leave together,
-    one frame per room, so that a burst costs a frame per tick, not per event.
+    When idle, an event leaves at once. After a flush, the events that arrive
+    wait for as long as that flush took (at most ``coalesce`` seconds) and
+    leave together, one frame per room, so that under load the cost is a frame
+    per tick, not per event, and with few clients nothing waits.
     """
 
     def __init__(self, sio: socketio.AsyncServer, coalesce: float) -> None:
@@ -242,40 +246,67 @@ class Pusher:
         task.add_done_callback(_background.discard)
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
+            began = loop.time()
             try:
                 sent = await self._flush()
             except Exception:
                 logger.exception("push flush failed")
                 sent = 0
             if sent and self.coalesce > 0:
-                # Under load, let the next events gather for one tick.
-                await asyncio.sleep(self.coalesce)
+                # The flush only queued the frames: let each socket's writer
+                # send them, so that the time taken is the flush's whole cost.
+                await asyncio.sleep(0)
+                cost = loop.time() - began
+                # Under load, let the next events gather for as long as the
+                # last flush took (the push then uses at most half the loop),
+                # never longer than a tick. With few clients a flush costs
+                # microseconds: events leave nearly one by one, at once.
+                await asyncio.sleep(min(cost, self.coalesce))
 
     async def _flush(self) -> int:
         pending, self._pending = self._pending, defaultdict(list)
         sent = 0
         for server_id, updates in pending.items():
-            if len(updates) == 1:
-                await self.sio.emit(
-                    "job_status_update",
-                    updates[0],
-                    room=room(server_id),
-                    namespace=NAMESPACE,
-                )
-            else:
-                await self.sio.emit(
-                    "job_status_batch",
-                    {"sid": server_id, "events": updates},
-                    room=room(server_id),
-                    namespace=NAMESPACE,
-                )
-            self.frames += 1
+            for i in range(0, len(updates), MAX_BATCH):
+                chunk = updates[i : i + MAX_BATCH]
+                if len(chunk) == 1:
+                    await self._emit(server_id, "job_status_update", chunk[0])
+                else:
+                    await self._emit(
+                        server_id,
+                        "job_status_batch",
+                        {"sid": server_id, "events": chunk},
+                    )
+                self.frames += 1
             self.events += len(updates)
             sent += len(updates)
         return sent
+
+    async def _emit(self, server_id: int, event: str, data: Any) -> None:
+        """Send one frame to a room, encoded once for all its clients.
+
+        python-socketio's own emit starts a task per recipient; with the
+        in-process manager the same engine.io packet (its encoding is cached)
+        goes straight to each socket's queue instead. Any other manager (a
+        message queue shared by several instances) gets the ordinary emit.
+        """
+        target = room(server_id)
+        if type(self.sio.manager) is not socketio.AsyncManager:
+            await self.sio.emit(event, data, room=target, namespace=NAMESPACE)
+            return
+        pkt = self.sio.packet_class(
+            socketio.packet.EVENT, namespace=NAMESPACE, data=[event, data]
+        )
+        encoded = pkt.encode()
+        frames = encoded if isinstance(encoded, list) else [encoded]
+        eio_pkts = [engineio.packet.Packet(engineio.packet.MESSAGE, f) for f in frames]
+        for _sid, eio_sid in self.sio.manager.get_participants(NAMESPACE, target):
+            for eio_pkt in eio_pkts:
+                await self.sio.eio.send_packet(eio_sid, eio_pkt)
 
 
 _background: set[asyncio.Task[Any]] = set()
