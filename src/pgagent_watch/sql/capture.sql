@@ -51,8 +51,10 @@ BEGIN
         INSERT INTO pgagent_watch.event (kind, job_id, jlgid, status)
         VALUES ('run', NEW.jlgjobid, NEW.jlgid, NEW.jlgstatus)
         RETURNING id INTO v_id;
-        PERFORM pgagent_watch.notify(
-            v_id, 'run,' || NEW.jlgjobid || ',' || NEW.jlgid || ',,' || NEW.jlgstatus);
+        IF pg_notification_queue_usage() < 0.9 THEN
+            PERFORM pg_notify('pgagent_watch', v_id || ',run,' || NEW.jlgjobid
+                || ',' || NEW.jlgid || ',,' || NEW.jlgstatus);
+        END IF;
     EXCEPTION WHEN OTHERS THEN
         RAISE WARNING 'pgagent_watch: run event not captured: %', SQLERRM;
     END;
@@ -69,8 +71,10 @@ BEGIN
         INSERT INTO pgagent_watch.event (kind, jlgid, jstid, jslid, status)
         VALUES ('step', NEW.jsljlgid, NEW.jsljstid, NEW.jslid, NEW.jslstatus)
         RETURNING id INTO v_id;
-        PERFORM pgagent_watch.notify(
-            v_id, 'step,,' || NEW.jsljlgid || ',' || NEW.jslid || ',' || NEW.jslstatus);
+        IF pg_notification_queue_usage() < 0.9 THEN
+            PERFORM pg_notify('pgagent_watch', v_id || ',step,,' || NEW.jsljlgid
+                || ',' || NEW.jslid || ',' || NEW.jslstatus);
+        END IF;
     EXCEPTION WHEN OTHERS THEN
         RAISE WARNING 'pgagent_watch: step run event not captured: %', SQLERRM;
     END;
