@@ -41,6 +41,7 @@ class Size:
     capture_runs: int
     capture_rounds: int
     capture_listeners: int
+    capture_rate: int
     burst_events: int
     burst_clients: int
     memory_clients: tuple[int, ...]
@@ -56,12 +57,13 @@ FULL = Size(
     latency_seconds=5,
     latency_min_events=150,
     fanout_clients=(100, 500),
-    fanout_rates=(25, 50, 100, 200, 400, 800, 1600, 3200),
+    fanout_rates=(10, 25, 50, 100, 200, 400, 800, 1600, 3200),
     fanout_seconds=3,
     connection_clients=(1, 100, 1000),
-    capture_runs=1000,
+    capture_runs=500,
     capture_rounds=3,
     capture_listeners=100,
+    capture_rate=1000,
     burst_events=20_000,
     burst_clients=100,
     memory_clients=(0, 100, 1000),
@@ -81,6 +83,7 @@ SMALL = Size(
     capture_runs=50,
     capture_rounds=1,
     capture_listeners=10,
+    capture_rate=1000,
     burst_events=2_000,
     burst_clients=5,
     memory_clients=(0, 10, 50),
@@ -177,9 +180,18 @@ def latency(size: Size) -> Result:
 # --- 2. fan-out ----------------------------------------------------------------
 
 
+def _better(best: dict[Any, dict[str, Any]], key: Any, step: dict[str, Any]) -> None:
+    if key not in best or step["delivered_per_s"] > best[key]["delivered_per_s"]:
+        best[key] = step
+
+
 def fanout(size: Size) -> Result:
     res = Result("fanout", "Fan-out: events delivered per second")
-    best: dict[tuple[str, int], dict[str, Any]] = {}
+    # bounded: every event delivered, the writer kept its rate, and the last
+    # delivery came within a second of the last write (no growing backlog).
+    bounded: dict[tuple[str, int], dict[str, Any]] = {}
+    # under_100: bounded, and p99 latency at most 100 ms.
+    under_100: dict[tuple[str, int], dict[str, Any]] = {}
     for bare in (False, True):
         kind = "bare-sio" if bare else "service"
         with (
@@ -199,11 +211,13 @@ def fanout(size: Size) -> Result:
                     cpu = svc.cpu()
                     start = time.time()
                     achieved = writer.write(events, rate)
+                    wrote = time.time()
                     seen = clients.ask(
                         "wait", expect=events, timeout=_drain_timeout(events, rate)
                     )
-                    span = max(seen["last"] - start, 1e-6)
                     cpu = svc.cpu() - cpu
+                    span = max(seen["last"] - start, 1e-6)
+                    p99 = seen["latency"]["p99"]
                     step = {
                         "server": kind,
                         "clients": n,
@@ -211,41 +225,49 @@ def fanout(size: Size) -> Result:
                         "achieved_rate": round(achieved),
                         "delivered_per_s": round(seen["delivered"] / span),
                         "frames": seen["frames"],
-                        "p99_ms": _round(seen["latency"]["p99"]),
+                        "p50_ms": _round(seen["latency"]["p50"]),
+                        "p99_ms": _round(p99),
+                        "backlog_s": round(max(0.0, seen["last"] - wrote), 2),
                         "undelivered": n * events - seen["delivered"],
                         "cpu_us_per_delivery": round(
                             cpu / max(seen["delivered"], 1) * 1e6, 1
                         ),
                     }
-                    ok = step["undelivered"] == 0 and (step["p99_ms"] or 1e9) <= 100
-                    step["sustained"] = ok
+                    ok = (
+                        step["undelivered"] == 0
+                        and achieved >= 0.9 * rate
+                        and step["backlog_s"] <= 1.0
+                    )
+                    step["bounded"] = ok
                     res.rows.append(step)
-                    if ok and (
-                        (kind, n) not in best
-                        or step["delivered_per_s"] > best[(kind, n)]["delivered_per_s"]
-                    ):
-                        best[(kind, n)] = step
                     if not ok:
                         break
+                    _better(bounded, (kind, n), step)
+                    if p99 is not None and p99 <= 100:
+                        _better(under_100, (kind, n), step)
             writer.close()
     res.notes.append(
-        "sustained: every client got every event and p99 <= 100 ms; the rate "
-        "ramps until a step is not sustained"
+        "bounded: every client got every event, the writer kept its rate and "
+        "the last delivery came within 1 s of the last write; the rate doubles "
+        "until a step is not bounded. 'ours' is our best bounded step with p99 "
+        "<= 100 ms; the baseline's is its best bounded step, whatever its p99"
     )
     for n in size.fanout_clients:
-        ours = best.get(("service", n), {}).get("delivered_per_s", 0)
-        theirs = best.get(("bare-sio", n), {}).get("delivered_per_s", 0)
+        ours = under_100.get(("service", n), {}).get("delivered_per_s", 0)
+        ours_any = bounded.get(("service", n), {}).get("delivered_per_s", 0)
+        theirs = bounded.get(("bare-sio", n), {}).get("delivered_per_s", 0)
+        ratio = ours / theirs if theirs else 0.0
         res.rows.append(
             {
                 "server": "best",
                 "clients": n,
-                "service": ours,
-                "bare_sio": theirs,
-                "ratio": round(ours / theirs, 2) if theirs else None,
+                "ours_p99_under_100ms": ours,
+                "ours_bounded": ours_any,
+                "bare_bounded": theirs,
+                "ratio": round(ratio, 2),
             }
         )
         if n == max(size.fanout_clients):
-            ratio = ours / theirs if theirs else 0.0
             res.target(
                 f"fan-out >= 2x bare one-emit-per-event at {n} clients, p99 < 100 ms",
                 round(ratio, 2),
@@ -308,12 +330,12 @@ def connections(size: Size) -> Result:
 # --- 4. what capture costs pgAgent ---------------------------------------------
 
 
-def _loop(b: Bed, runs: int) -> list[float]:
+def _loop(b: Bed, runs: int, rate: float) -> list[float]:
     writer = Writer(b)
     try:
         writer.write(CHANGES_PER_RUN * 20)  # warm up: plans, caches
         writer.durations = []
-        writer.write(CHANGES_PER_RUN * runs)
+        writer.write(CHANGES_PER_RUN * runs, rate)
         return writer.durations
     finally:
         writer.close()
@@ -322,32 +344,36 @@ def _loop(b: Bed, runs: int) -> list[float]:
 def capture_cost(size: Size) -> Result:
     res = Result("capture", "What capture costs pgAgent's write loop")
     times: dict[str, list[float]] = {}
+    n = size.capture_listeners
+    rate = size.capture_rate
 
     def add(label: str, values: list[float]) -> None:
         times.setdefault(label, []).extend(values)
 
+    # Rounds interleave the conditions, so that the shared machine's mood
+    # falls on all of them alike.
     with bed() as b, b.connect() as conn:
         for _ in range(size.capture_rounds):
             set_capture(conn, False)
-            add("no capture", _loop(b, size.capture_runs))
+            add("no capture", _loop(b, size.capture_runs, rate))
             set_capture(conn, True)
-            add("capture, service stopped", _loop(b, size.capture_runs))
-        with service(b) as (_svc, url), helper("clients") as clients:
-            clients.ask("connect", url=url, n=size.capture_listeners)
-            for _ in range(size.capture_rounds):
+            add("capture, service stopped", _loop(b, size.capture_runs, rate))
+            with service(b) as (_svc, url), helper("clients") as clients:
+                clients.ask("connect", url=url, n=n)
                 add(
-                    f"capture, service + {size.capture_listeners} clients",
-                    _loop(b, size.capture_runs),
+                    f"capture, service + {n} clients", _loop(b, size.capture_runs, rate)
                 )
-        with helper("listeners", b) as per_client:
-            per_client.ask("open", n=size.capture_listeners)
-            for _ in range(size.capture_rounds):
+            with helper("listeners", b) as per_client:
+                per_client.ask("open", n=n)
                 add(
-                    f"capture, {size.capture_listeners} per-client LISTEN connections",
-                    _loop(b, size.capture_runs),
+                    f"capture, {n} per-client LISTEN connections (baseline)",
+                    _loop(b, size.capture_runs, rate),
                 )
+    res.notes.append(
+        f"each status change its own transaction, paced at {rate:,} a second "
+        "(pgAgent's own pace is far lower); times are of each statement"
+    )
     base_median = statistics.median(times["no capture"])
-    base_total = sum(times["no capture"])
     for label, values in times.items():
         med = statistics.median(values)
         res.rows.append(
@@ -357,7 +383,7 @@ def capture_cost(size: Size) -> Result:
                 "median_us": round(med * 1e6, 1),
                 "p99_us": round(sorted(values)[int(0.99 * len(values))] * 1e6, 1),
                 "added_us": round((med - base_median) * 1e6, 1),
-                "ratio": round(sum(values) / base_total, 3),
+                "ratio_median": round(med / base_median, 2),
             }
         )
     for row in res.rows:

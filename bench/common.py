@@ -102,7 +102,7 @@ class Bed:
 
     @property
     def dsn(self) -> str:
-        return self.cluster.dsn()
+        return str(self.cluster.dsn())
 
     def connect(self) -> psycopg.Connection[Any]:
         return psycopg.connect(self.dsn, autocommit=True)
