@@ -134,7 +134,7 @@ def latency(size: Size) -> Result:
     res = Result("latency", "Latency, commit to client (ms)")
     with (
         bed() as b,
-        service(b) as (_svc, url),
+        service(b) as (svc, url),
         helper("clients") as clients,
         helper("floor", b) as floor,
     ):
@@ -148,6 +148,7 @@ def latency(size: Size) -> Result:
                 events = max(size.latency_min_events, int(rate * size.latency_seconds))
                 clients.ask("reset", sample=100)
                 floor.ask("reset")
+                began = time.time()
                 achieved = writer.write(events, rate)
                 timeout = _drain_timeout(events, rate)
                 seen = clients.ask("wait", expect=events, timeout=timeout)
@@ -162,6 +163,7 @@ def latency(size: Size) -> Result:
                         "service": _lat(seen["latency"]),
                         "floor": _lat(floor_ms),
                         "undelivered": n * events - seen["delivered"],
+                        "service_gc_max_ms": svc.gc_pause(began),
                     }
                 )
         writer.close()
@@ -232,6 +234,7 @@ def fanout(size: Size) -> Result:
                         "cpu_us_per_delivery": round(
                             cpu / max(seen["delivered"], 1) * 1e6, 1
                         ),
+                        "service_gc_max_ms": svc.gc_pause(start),
                     }
                     ok = (
                         step["undelivered"] == 0

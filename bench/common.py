@@ -11,6 +11,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -56,6 +57,24 @@ class Proc:
         self.proc.stdin.write(json.dumps({"cmd": cmd, **kw}) + "\n")
         self.proc.stdin.flush()
         return self.read()
+
+    gc_log: Path | None = None
+
+    def gc_pause(self, since: float) -> float | None:
+        """The longest garbage-collection pause (ms) of the service since then.
+
+        None for a process that does not log its collections (the baseline).
+        """
+        if self.gc_log is None:
+            return None
+        if not self.gc_log.exists():
+            return 0.0
+        longest = 0.0
+        for line in self.gc_log.read_text().splitlines():
+            entry = json.loads(line)
+            if entry["t"] >= since:
+                longest = max(longest, float(entry["ms"]))
+        return longest
 
     def rss(self) -> int:
         return _status_kb(self.pid, "VmRSS") * 1024
@@ -143,7 +162,11 @@ def service(
     args = ["--dsn", b.dsn, "--port", str(port)]
     if deflate:
         args.append("--deflate")
+    gc_log = b.cluster.folder / f"gc-{port}.jsonl"
+    if not bare:
+        args += ["--gc-log", str(gc_log)]
     proc = Proc("bare-sio" if bare else "serve", *args, ready=True)
+    proc.gc_log = None if bare else gc_log
     try:
         yield proc, f"http://127.0.0.1:{port}"
     finally:

@@ -27,6 +27,7 @@ import signal
 import sys
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -84,6 +85,8 @@ async def _serve(args: argparse.Namespace) -> None:
     )
     service = Service(settings)
     server = make_server(service, "127.0.0.1", args.port)
+    if args.gc_log:
+        _log_gc_pauses(Path(args.gc_log))
     if args.deflate:
         # The baseline of the memory benchmark: what the default would cost.
         server.config.ws_per_message_deflate = True
@@ -96,6 +99,29 @@ async def _serve(args: argparse.Namespace) -> None:
         await asyncio.sleep(0.02)
     _say({"ready": True, "role": "serve"})
     await task
+
+
+def _log_gc_pauses(path: Path) -> None:
+    """Append each garbage collection of 2 ms or more to a file, as JSON lines.
+
+    A full collection stops the event loop; the benchmarks set these pauses
+    beside the latencies they cause.
+    """
+    began: dict[int, float] = {}
+    out = path.open("a", buffering=1)
+
+    def callback(phase: str, info: dict[str, Any]) -> None:
+        gen = int(info["generation"])
+        if phase == "start":
+            began[gen] = time.perf_counter()
+            return
+        ms = (time.perf_counter() - began.pop(gen, time.perf_counter())) * 1000
+        if ms >= 2:
+            out.write(
+                json.dumps({"t": time.time(), "gen": gen, "ms": round(ms, 1)}) + "\n"
+            )
+
+    gc.callbacks.append(callback)
 
 
 async def _bare_sio(args: argparse.Namespace) -> None:
@@ -438,6 +464,7 @@ def main() -> None:
     parser.add_argument("--dsn", default="")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--deflate", action="store_true")
+    parser.add_argument("--gc-log", default="")
     args = parser.parse_args()
     role = {
         "serve": _serve,
