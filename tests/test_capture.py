@@ -202,7 +202,8 @@ def test_broken_capture_never_breaks_a_running_pgagent_job(
                     (job_id,),
                 ).fetchone()
                 == ("f",)
-            )
+            ),
+            WAIT,
         )
         steps = db.execute(
             "SELECT l.jslstatus, l.jslresult FROM pgagent.pga_jobsteplog l"
