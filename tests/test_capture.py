@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 
 import psycopg
 import pytest
@@ -216,3 +217,22 @@ def test_broken_capture_never_breaks_a_running_pgagent_job(
         if breakage == "every insert refused":
             db.execute("ALTER TABLE pgagent_watch.event DROP CONSTRAINT broken")
         capture.install(db)
+
+
+def test_events_older_than_the_retention_are_pruned(db: psycopg.Connection) -> None:
+    job_id = samples.create_job(
+        db, unique("old"), [Step("a", "SELECT 1")], enabled=False
+    )
+    db.execute(
+        "UPDATE pgagent_watch.event SET at = now() - interval '15 days'"
+        " WHERE job_id = %s",
+        (job_id,),
+    )
+    db.execute(
+        "UPDATE pgagent.pga_job SET jobdesc = 'recent' WHERE jobid = %s", (job_id,)
+    )
+    capture.prune(db, timedelta(days=14))
+    rows = db.execute(
+        "SELECT status FROM pgagent_watch.event WHERE job_id = %s", (job_id,)
+    ).fetchall()
+    assert rows == [("changed",)]
