@@ -234,7 +234,15 @@ async def client_factory() -> AsyncIterator[Callable[..., Any]]:
     clients: list[Client] = []
 
     async def make(url: str, **kw: Any) -> Client:
-        c = await Client().connect(url, **kw)
+        c = Client()
+        try:
+            await c.connect(url, **kw)
+        except BaseException:
+            # A refused connection leaves engineio's HTTP session open.
+            http = getattr(c.sio.eio, "http", None)
+            if http is not None and not http.closed:
+                await http.close()
+            raise
         clients.append(c)
         return c
 
