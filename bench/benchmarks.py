@@ -363,11 +363,13 @@ def capture_cost(size: Size) -> Result:
             add("capture, service stopped", _loop(b, size.capture_runs, rate))
             with service(b) as (_svc, url), helper("clients") as clients:
                 clients.ask("connect", url=url, n=n)
+                time.sleep(1)  # let the service's start-up work finish
                 add(
                     f"capture, service + {n} clients", _loop(b, size.capture_runs, rate)
                 )
             with helper("listeners", b) as per_client:
                 per_client.ask("open", n=n)
+                time.sleep(1)
                 add(
                     f"capture, {n} per-client LISTEN connections (baseline)",
                     _loop(b, size.capture_runs, rate),
