@@ -22,6 +22,18 @@ from typing import Any
 from .benchmarks import ALL, FULL, SMALL, Result
 
 RESULTS = Path(__file__).parent / "results"
+README = Path(__file__).parent.parent / "README.md"
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def update_readme(text: str, readme: Path = README) -> None:
+    """Put the tables between the README's bench markers."""
+    page = readme.read_text()
+    head, _, rest = page.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    if not rest:
+        raise SystemExit(f"{readme}: no {BEGIN} marker")
+    readme.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
 
 
 def _cell(value: Any) -> str:
@@ -90,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="JSON file (default bench/results/latest.json)",
     )
+    parser.add_argument(
+        "--readme", action="store_true", help="also put the tables in README.md"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     size = SMALL if args.small else FULL
@@ -132,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     out.with_suffix(".md").write_text(text)
     print(f"written: {out}", file=sys.stderr)
+    if args.readme:
+        update_readme(text)
     return 1 if failed else 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import subprocess
 import sys
 import time
@@ -46,7 +47,11 @@ class Proc:
 
     def read(self, timeout: float = 120) -> dict[str, Any]:
         assert self.proc.stdout is not None
-        # The helpers answer every command; a dead one ends the stream.
+        # The helpers answer each command with one line, so nothing else
+        # waits in the buffer; a dead one ends the stream.
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            raise BenchError(f"{self.role} gave no answer in {timeout} s")
         line = self.proc.stdout.readline()
         if not line:
             raise BenchError(f"{self.role} exited ({self.proc.poll()})")
@@ -56,7 +61,7 @@ class Proc:
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps({"cmd": cmd, **kw}) + "\n")
         self.proc.stdin.flush()
-        return self.read()
+        return self.read(timeout=600)
 
     gc_log: Path | None = None
 
