@@ -229,6 +229,8 @@ class Writer:
         self.bed = b
         self.conn = b.connect()
         self.durations: list[float] = []
+        # The row the last statement returned: the ids of the run and step run.
+        self.last: Any = None
 
     def close(self) -> None:
         self.conn.close()
@@ -252,8 +254,6 @@ class Writer:
                 yield STEP_END, (step_run,)
             yield RUN_END, (run_id,)
 
-    last: Any = None
-
     def write(self, n: int, rate: float | None = None) -> float:
         """Commit n status changes, at ``rate`` a second or as fast as possible.
 
@@ -269,7 +269,6 @@ class Writer:
                     time.sleep(delay)
             sql, params = next(gen)
             self.last = self._one(sql, params)
-        # Finish the run in progress so that the table holds no run left in 'r'.
         elapsed = time.perf_counter() - start
         return n / elapsed if elapsed > 0 else float("inf")
 
@@ -299,13 +298,6 @@ class Writer:
             )
             left -= done
         return time.perf_counter() - start
-
-
-def max_event_id(conn: psycopg.Connection[Any]) -> int:
-    row = conn.execute(
-        "SELECT coalesce(max(id), 0) FROM pgagent_watch.event"
-    ).fetchone()
-    return int(row[0]) if row else 0
 
 
 def floor_latencies(
