@@ -235,7 +235,9 @@ class _Clients:
         self.counts: list[int] = []
         self.ids: list[set[int]] | None = None
         self.latencies: list[float] = []
-        self.sample: int = 0
+        # Every stride-th client records latencies (1: all). Spread over the
+        # room, since the first clients to join are also the first served.
+        self.stride: int = 1
         self.first = 0.0
         self.last = 0.0
         self.frames = 0
@@ -305,7 +307,7 @@ class _Clients:
                 self.counts[index] += len(ids)
                 if self.ids is not None:
                     self.ids[index].update(int(i) for i in ids)
-                if not self.sample or index < self.sample:
+                if index % self.stride == 0:
                     for stamp in _STAMP.findall(body):
                         self.latencies.append(
                             now - datetime.fromisoformat(stamp).timestamp()
@@ -321,7 +323,7 @@ class _Clients:
         self.latencies = []
         self.first = self.last = 0.0
         self.frames = 0
-        self.sample = sample
+        self.stride = max(1, len(self.counts) // sample) if sample else 1
 
     async def wait(self, expect: int, limit: float) -> dict[str, Any]:
         deadline = time.monotonic() + limit
