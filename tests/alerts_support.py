@@ -17,7 +17,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 from pgagent_watch import users
 from pgagent_watch.cluster import Cluster
 
-from .fix_cluster import settings_for, unique
+from .fix_cluster import settings_for, unique, until, wait_connected
 
 _n = itertools.count(1)
 
@@ -30,6 +30,7 @@ class Inbox:
         self.envelopes: list[list[str]] = []
         self.reject: set[str] = set()
         self.login: tuple[str, str] | None = None
+        # Seconds to wait before answering EHLO: a slow server.
         self.delay = 0.0
         self.port = 0
         self._server: asyncio.Server | None = None
@@ -47,11 +48,22 @@ class Inbox:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
+    async def handle_EHLO(  # aiosmtpd calls it by this name
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        session.host_name = hostname
+        return responses
+
     async def handle_DATA(  # aiosmtpd calls it by this name
         self, server: SMTP, session: Session, envelope: Envelope
     ) -> str:
-        if self.delay:
-            await asyncio.sleep(self.delay)
         raw = envelope.original_content or b""
         mail = email.message_from_bytes(raw, policy=policy.default)
         assert isinstance(mail, EmailMessage)
@@ -225,3 +237,22 @@ def outbox(db: psycopg.Connection, recipient: str) -> list[tuple[Any, ...]]:
         " WHERE recipient = %s ORDER BY id",
         (recipient,),
     ).fetchall()
+
+
+async def eventually(check: Any, what: str, limit: float = 30.0) -> Any:
+    """Await ``check()`` until it returns something true, with a limit."""
+    deadline = asyncio.get_running_loop().time() + limit
+    while True:
+        value = await check()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {limit} s waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+async def alerts_ready(running: Any) -> None:
+    """The listener connected, the state schema there, the alert cursor made."""
+    await wait_connected(running)
+    engine = running.service.alerts.engine
+    await until(lambda: 1 in engine.started, "the alert cursor", limit=30)

@@ -16,6 +16,7 @@ from .alerts_support import (
     Inbox,
     alert_ids,
     alert_settings,
+    alerts_ready,
     html_of,
     make_user,
     outbox,
@@ -23,7 +24,7 @@ from .alerts_support import (
     text_of,
     write_failures,
 )
-from .fix_cluster import running_service, until, wait_connected
+from .fix_cluster import running_service, until
 
 pytestmark = pytest.mark.slow
 
@@ -57,8 +58,7 @@ async def test_a_failing_batch_step_arrives_naming_the_step_and_its_output(
         [Step("1 prepare", "SELECT 1"), Step("2 export", script, kind="b")]
     )
     async with running_service(alert_settings(cluster, inbox.port)) as running:
-        await wait_connected(running)
-        await until(lambda: running.service.state_ready.is_set(), "state ready")
+        await alerts_ready(running)
         _, address, token = make_user(db)
         async with httpx.AsyncClient(base_url=running.url) as http:
             auth = {"Authorization": f"Bearer {token}"}
@@ -95,8 +95,7 @@ async def test_a_burst_of_1000_failures_leaves_as_at_most_4_digests(
     job_id = make_job([Step("1 boom", "SELECT 1/0")], enabled=False)
     settings = alert_settings(cluster, inbox.port, window=120, batch=250, settle=1)
     async with running_service(settings) as running:
-        await wait_connected(running)
-        await until(lambda: running.service.state_ready.is_set(), "state ready")
+        await alerts_ready(running)
         user_id, address, _ = make_user(db)
         subscribe(db, user_id, job_id)
         run_ids = write_failures(db, job_id, 1000)

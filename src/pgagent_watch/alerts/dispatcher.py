@@ -256,7 +256,10 @@ class Dispatcher:
             async with self.pool.connection(timeout=5) as conn:
                 await self._release(conn, ids, "interrupted by shutdown", previous)
             raise
-        except DeliveryError as exc:
+        except Exception as exc:
+            if not isinstance(exc, DeliveryError):
+                logger.exception("channel %s crashed", channel_name)
+                exc = DeliveryError(f"channel {channel_name} crashed: {exc!r}"[:300])
             self.failures += 1
             self.last_error = str(exc)
             async with self.pool.connection(timeout=10) as conn:

@@ -81,6 +81,8 @@ class AlertEngine:
         # server id -> the reason its cursor cannot go on (C11), or None.
         self.errors: dict[int, str | None] = {sid: None for sid in service.servers}
         self.written = 0
+        # Servers whose cursor has been read (or made) at least once.
+        self.started: set[int] = set()
         self.on_written: list[Any] = []
 
     # -- hub consumer: never blocks ------------------------------------------
@@ -112,6 +114,7 @@ class AlertEngine:
             with_timeout = self.settings.poll_interval
             try:
                 await self.process(server)
+                self.started.add(server.id)
                 if self.errors[server.id] is not None:
                     logger.info("alert cursor of %s is reading again", server.id)
                 self.errors[server.id] = None
