@@ -308,7 +308,11 @@ class AlertEngine:
 
     def health(self) -> dict[str, Any]:
         return {
-            str(sid): {"cursor": "error" if err else "ok", "error": err}
+            str(sid): {
+                "cursor": "error" if err else "ok",
+                "error": err,
+                "started": sid in self.started,
+            }
             for sid, err in self.errors.items()
         }
 
