@@ -42,14 +42,17 @@ WHERE s.server_id = %s AND NOT u.disabled
         WHERE g.user_id = u.id AND g.server_name IN (%s, '*')))
 """
 
-# The step run that made a run fail: the failed one, else the aborted one.
+# The step run that made a run fail: the failed one, else the aborted one,
+# else one left in 'r' (pgAgent could not write its end: output cut in the
+# middle of a UTF-8 character makes its UPDATE fail, and the run ends 'f').
 _FAILING_STEP = """
 SELECT DISTINCT ON (sl.jsljlgid) sl.jsljlgid, st.jstname, sl.jslresult,
-       left(sl.jsloutput, %s)
+       left(sl.jsloutput, %s), sl.jslstatus
 FROM pgagent.pga_jobsteplog sl
 LEFT JOIN pgagent.pga_jobstep st ON st.jstid = sl.jsljstid
-WHERE sl.jsljlgid = ANY(%s) AND sl.jslstatus IN ('f', 'd')
-ORDER BY sl.jsljlgid, sl.jslstatus = 'f' DESC, sl.jslid DESC
+WHERE sl.jsljlgid = ANY(%s) AND sl.jslstatus IN ('f', 'd', 'r')
+ORDER BY sl.jsljlgid, sl.jslstatus = 'f' DESC, sl.jslstatus = 'd' DESC,
+         sl.jslid DESC
 """
 
 _INSERT = """
@@ -290,12 +293,14 @@ class AlertEngine:
         run_ids = sorted(
             {r["run_id"] for r in rows if r["status"] == "failed" and r["run_id"]}
         )
-        steps: dict[int, tuple[Any, Any, Any]] = {}
+        steps: dict[int, tuple[Any, Any, Any, Any]] = {}
         if run_ids:
             cur = await src.execute(
                 _FAILING_STEP, (self.settings.output_chars + 1, run_ids)
             )
-            steps = {int(r[0]): (r[1], r[2], r[3]) for r in await cur.fetchall()}
+            steps = {
+                int(r[0]): (r[1], r[2], r[3], r[4]) for r in await cur.fetchall()
+            }
         for r in rows:
             step = steps.get(r["run_id"]) if r["status"] == "failed" else None
             if step is not None:
@@ -304,6 +309,11 @@ class AlertEngine:
                 r["detail"]["output"] = output_head(
                     step[2], self.settings.output_lines, self.settings.output_chars
                 )
+                if step[3] == "r":
+                    r["detail"]["output"] = (
+                        "(pgAgent did not record the end of this step:"
+                        " see its log)"
+                    )
             r["detail"] = Jsonb(r["detail"])
 
     def health(self) -> dict[str, Any]:
