@@ -159,6 +159,8 @@ class SmtpSettings(_Strict):
     reply_to: str | None = None
     timeout: float = Field(default=30, gt=0)
     validate_certs: bool = True
+    # A CA bundle for a server whose certificate a private CA signed.
+    ca_file: Path | None = None
 
     def effective_security(self) -> SmtpSecurity:
         if self.security is not None:

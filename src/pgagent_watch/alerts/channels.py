@@ -129,6 +129,7 @@ class SmtpChannel:
                 use_tls=self.security == "tls",
                 start_tls=self.security == "starttls",
                 validate_certs=s.validate_certs,
+                cert_bundle=str(s.ca_file) if s.ca_file else None,
                 timeout=s.timeout,
             )
         except aiosmtplib.SMTPAuthenticationError as exc:

@@ -298,9 +298,7 @@ class AlertEngine:
             cur = await src.execute(
                 _FAILING_STEP, (self.settings.output_chars + 1, run_ids)
             )
-            steps = {
-                int(r[0]): (r[1], r[2], r[3], r[4]) for r in await cur.fetchall()
-            }
+            steps = {int(r[0]): (r[1], r[2], r[3], r[4]) for r in await cur.fetchall()}
         for r in rows:
             step = steps.get(r["run_id"]) if r["status"] == "failed" else None
             if step is not None:
@@ -311,8 +309,7 @@ class AlertEngine:
                 )
                 if step[3] == "r":
                     r["detail"]["output"] = (
-                        "(pgAgent did not record the end of this step:"
-                        " see its log)"
+                        "(pgAgent did not record the end of this step: see its log)"
                     )
             r["detail"] = Jsonb(r["detail"])
 
@@ -336,14 +333,6 @@ def _extra(event: JobEvent) -> dict[str, Any]:
     return keep
 
 
-async def reset_mark(conn: AnyConn, server_name: str) -> bool:
-    """Forget the alert cursor of a server: its alerts start again from now.
-
-    The way out of a ReplayMarkError (a state database restored into a new
-    cluster). Returns whether there was a cursor to forget.
-    """
-    cur = await conn.execute(
-        "DELETE FROM pgagent_watch.alert_cursor WHERE server_name = %s",
-        (server_name,),
-    )
-    return cur.rowcount > 0
+# Forget the alert cursor of a server: its alerts start again from now. The
+# way out of a ReplayMarkError (a state database restored into a new cluster).
+RESET_MARK_SQL = "DELETE FROM pgagent_watch.alert_cursor WHERE server_name = %s"

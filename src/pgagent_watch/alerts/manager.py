@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from typing import TYPE_CHECKING, Any
 
 from ..access import Principal
+from ..config import Settings
 from . import subscriptions
 from .channels import AppriseChannel, Channel, DeliveryError, Message, SmtpChannel
 from .digest import html_body, text_body
@@ -26,10 +28,10 @@ class AlertService:
     def __init__(self, service: Service) -> None:
         self.service = service
         settings = service.settings
-        self.smtp = SmtpChannel(settings.smtp)
-        self.channels: dict[str, Channel] = {subscriptions.EMAIL: self.smtp}
-        for name, config in settings.alerts.channels.items():
-            self.channels[name] = AppriseChannel(name, config)
+        self.channels = channels_for(settings)
+        smtp = self.channels[subscriptions.EMAIL]
+        assert isinstance(smtp, SmtpChannel)
+        self.smtp = smtp
         self.catcher = MailCatcher() if settings.alerts.mail_catcher else None
         self.engine = AlertEngine(service)
         self.dispatcher = Dispatcher(
@@ -78,25 +80,7 @@ class AlertService:
         Raises DeliveryError (with the server's answer) or SubscriptionError
         for an unknown channel.
         """
-        name = channel or subscriptions.EMAIL
-        chosen = self.channels.get(name)
-        if chosen is None:
-            raise SubscriptionError("BAD_REQUEST", f"unknown channel {name[:40]!r}")
-        if name == subscriptions.EMAIL and not to:
-            raise DeliveryError("give an address to send the test to", permanent=True)
-        rows: list[Any] = []
-        message = Message(
-            subject="pgagent-watch test message",
-            text=text_body(rows, 0)
-            + "This is a test message from pgagent-watch: alerts reach you.\n",
-            html=html_body(rows, 0).replace(
-                "</body>",
-                "<p>This is a test message from pgagent-watch: alerts reach you.</p>"
-                "</body>",
-            ),
-            message_id=f"<test-{id(rows):x}@{self.dispatcher.domain}>",
-        )
-        return await chosen.send(to or name, message)
+        return await send_test(self.channels, to, channel, self.dispatcher.domain)
 
     async def on_update_job_subscription(
         self, sid: str, principal: Principal, data: Any
@@ -200,6 +184,45 @@ class AlertService:
 
 
 MAX_ID = 2**31 - 1
+
+
+def channels_for(settings: Settings) -> dict[str, Channel]:
+    """``email`` (SMTP) and every configured Apprise channel, by name."""
+    channels: dict[str, Channel] = {subscriptions.EMAIL: SmtpChannel(settings.smtp)}
+    for name, config in settings.alerts.channels.items():
+        channels[name] = AppriseChannel(name, config)
+    return channels
+
+
+def test_message(domain: str) -> Message:
+    """A message that says only that alerts reach their reader."""
+    line = "This is a test message from pgagent-watch: alerts reach you."
+    return Message(
+        subject="pgagent-watch test message",
+        text=text_body([], 0) + line + "\n",
+        html=html_body([], 0).replace("</body>", f"<p>{line}</p></body>"),
+        message_id=f"<test-{secrets.token_hex(8)}@{domain}>",
+    )
+
+
+async def send_test(
+    channels: dict[str, Channel], to: str | None, channel: str | None, domain: str
+) -> str:
+    """Send one test message; return the server's answer.
+
+    Raises DeliveryError (with the server's answer) or SubscriptionError
+    for an unknown channel.
+    """
+    name = channel or subscriptions.EMAIL
+    chosen = channels.get(name)
+    if chosen is None:
+        known = ", ".join(channels)
+        raise SubscriptionError(
+            "BAD_REQUEST", f"unknown channel {name[:40]!r}: one of {known}"
+        )
+    if name == subscriptions.EMAIL and not to:
+        raise DeliveryError("give an address to send the test to", permanent=True)
+    return await chosen.send(to or name, test_message(domain))
 
 
 def check_target(server_id: Any, job_id: Any) -> tuple[int, int | None]:
