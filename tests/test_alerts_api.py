@@ -115,6 +115,7 @@ async def test_subscriptions_are_per_user_and_bad_input_gets_a_clear_error(
 
             await eventually(job_gone, "the deleted job's subscription removed")
             # The every-job subscription stays.
+            await client.close()
             left = (await http.get("/api/subscriptions", headers=a)).json()
             assert [s["job_id"] for s in left] == [None]
             # The mail catcher is a demo thing.
