@@ -169,3 +169,25 @@ def test_quiet_hours_hold_alerts_until_they_end() -> None:
     assert until_at is not None
     assert until_at.astimezone(UTC) == datetime(2026, 1, 11, 6, 0, tzinfo=UTC)
     assert quiet_until(s, datetime(2026, 1, 10, 12, 0, tzinfo=UTC)) is None
+
+
+async def test_the_minimum_interval_holds_a_jobs_next_alert_back(
+    cluster, db, make_job, inbox
+):
+    job_id = make_job([Step("1 boom", "SELECT 1/0")], enabled=False)
+    settings = alert_settings(cluster, inbox.port, window=0.1, settle=0, min_interval=2)
+    async with running_service(settings) as running:
+        await alerts_ready(running)
+        user_id, address, _ = make_user(db)
+        subscribe(db, user_id, job_id)
+        write_failures(db, job_id, 1)
+        await until(lambda: inbox.to(address), "the first alert")
+        write_failures(db, job_id, 1)
+        await until(lambda: len(inbox.to(address)) == 2, "the second alert")
+        depth = await running.service.alerts.outbox_depth()
+    sent = db.execute(
+        "SELECT sent_at FROM pgagent_watch.alert WHERE recipient = %s ORDER BY id",
+        (address,),
+    ).fetchall()
+    assert (sent[1][0] - sent[0][0]).total_seconds() >= 1.9
+    assert depth["sent"] >= 2 and set(depth) >= {"pending", "dead", "failed"}

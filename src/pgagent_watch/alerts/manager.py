@@ -174,6 +174,17 @@ class AlertService:
                 "JOB_NOT_FOUND", f"no job with id {job_id} on server {server_id}"
             )
 
+    async def outbox_depth(self) -> dict[str, int]:
+        """Outbox rows by state, for /metrics (every state present, 0 if none)."""
+        counts = dict.fromkeys(("pending", "sending", "sent", "failed", "dead"), 0)
+        async with self.service.state_pool.connection(timeout=5) as conn:
+            cur = await conn.execute(
+                "SELECT state, count(*) FROM pgagent_watch.alert GROUP BY state"
+            )
+            for state, count in await cur.fetchall():
+                counts[state] = int(count)
+        return counts
+
     def health(self) -> dict[str, Any]:
         return {
             "servers": self.engine.health(),
