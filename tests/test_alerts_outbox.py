@@ -191,3 +191,25 @@ async def test_the_minimum_interval_holds_a_jobs_next_alert_back(
     ).fetchall()
     assert (sent[1][0] - sent[0][0]).total_seconds() >= 1.9
     assert depth["sent"] >= 2 and set(depth) >= {"pending", "dead", "failed"}
+
+
+async def test_a_shutdown_lets_the_delivery_in_flight_finish_and_records_it(
+    cluster, db, make_job, inbox
+):
+    job_id = make_job([Step("1 boom", "SELECT 1/0")], enabled=False)
+    inbox.delay = 1
+    async with running_service(alert_settings(cluster, inbox.port)) as running:
+        await alerts_ready(running)
+        user_id, address, _ = make_user(db)
+        subscribe(db, user_id, job_id)
+        write_failures(db, job_id, 1)
+        await until(
+            lambda: [r[1] for r in outbox(db, address)] == ["sending"], "in flight"
+        )
+    assert len(inbox.to(address)) == 1
+    assert [r[1] for r in outbox(db, address)] == ["sent"]
+    inbox.delay = 0
+    async with running_service(alert_settings(cluster, inbox.port)) as running:
+        await alerts_ready(running)
+        await asyncio.sleep(1)
+    assert len(inbox.to(address)) == 1

@@ -30,7 +30,7 @@ from psycopg.rows import dict_row
 
 from ..config import AlertSettings
 from . import digest
-from .channels import Channel, DeliveryError
+from .channels import Channel, DeliveryError, Message
 
 if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
@@ -120,6 +120,8 @@ class Dispatcher:
         self.digests = 0
         self.failures = 0
         self.last_error: str | None = None
+        # On shutdown, how long a delivery in flight may take to finish.
+        self.grace = 10.0
 
     def poke(self) -> None:
         """New alerts are waiting: look now."""
@@ -243,27 +245,57 @@ class Dispatcher:
         if not rows:
             return
         ids = [r["id"] for r in rows]
-        channel = self.channels.get(channel_name)
         message = digest.build(rows, self.public_url, self.domain)
+        attempt = asyncio.ensure_future(self._attempt(channel_name, recipient, message))
         try:
-            if channel is None:
-                raise DeliveryError(
-                    f"channel {channel_name!r} is not configured", permanent=True
-                )
-            answer = await channel.send(recipient, message)
+            outcome = await asyncio.shield(attempt)
         except asyncio.CancelledError:
-            # Shutting down mid-send: give the rows back for the next run.
-            async with self.pool.connection(timeout=5) as conn:
-                await self._release(conn, ids, "interrupted by shutdown", previous)
+            # Shutting down: a delivery in flight may finish (for a bounded
+            # time) and be recorded, so that it is not sent again after the
+            # restart; one that does not finish gives its rows back.
+            try:
+                outcome = await asyncio.wait_for(attempt, self.grace)
+            except (asyncio.CancelledError, TimeoutError):
+                async with self.pool.connection(timeout=5) as conn:
+                    await self._release(conn, ids, "interrupted by shutdown", previous)
+                raise asyncio.CancelledError from None
+            await self._record(recipient, channel_name, ids, message, outcome, previous)
             raise
+        await self._record(recipient, channel_name, ids, message, outcome, previous)
+
+    async def _attempt(
+        self, channel_name: str, recipient: str, message: Message
+    ) -> str | DeliveryError:
+        """The server's answer, or the DeliveryError; never raises otherwise."""
+        channel = self.channels.get(channel_name)
+        if channel is None:
+            return DeliveryError(
+                f"channel {channel_name!r} is not configured", permanent=True
+            )
+        try:
+            return await channel.send(recipient, message)
+        except DeliveryError as exc:
+            return exc
         except Exception as exc:
-            if not isinstance(exc, DeliveryError):
-                logger.exception("channel %s crashed", channel_name)
-                exc = DeliveryError(f"channel {channel_name} crashed: {exc!r}"[:300])
+            logger.exception("channel %s crashed", channel_name)
+            return DeliveryError(f"channel {channel_name} crashed: {exc!r}"[:300])
+
+    async def _record(
+        self,
+        recipient: str,
+        channel_name: str,
+        ids: list[int],
+        message: Message,
+        outcome: str | DeliveryError,
+        previous: Any,
+    ) -> None:
+        if isinstance(outcome, DeliveryError):
             self.failures += 1
-            self.last_error = str(exc)
+            self.last_error = str(outcome)
             async with self.pool.connection(timeout=10) as conn:
-                await self._failed(conn, recipient, channel_name, ids, exc, previous)
+                await self._failed(
+                    conn, recipient, channel_name, ids, outcome, previous
+                )
             return
         self.digests += 1
         async with self.pool.connection(timeout=10) as conn:
@@ -284,7 +316,7 @@ class Dispatcher:
             "digest of %d alerts sent through %s: %s",
             len(ids),
             channel_name,
-            digest.one_line(answer, 120),
+            digest.one_line(outcome, 120),
         )
 
     async def _release(
