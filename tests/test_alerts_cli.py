@@ -160,3 +160,16 @@ async def test_the_test_endpoint_and_the_mail_catcher(cluster, db, make_job):
             mails = await eventually(caught, "the digest in the mail catcher")
     assert mails[0]["subject"].startswith("3 runs failed (1 job) on test")
     assert "<table" in mails[0]["html"] and "x3" in mails[0]["text"]
+
+
+def test_smtp_host_in_the_environment_replaces_the_demos_mail_catcher(
+    cluster, monkeypatch
+):
+    from pgagent_watch.service import Service
+
+    monkeypatch.setenv("SMTP_HOST", "mail.example.test")
+    monkeypatch.setenv("SMTP_PORT", "2525")
+    settings = settings_for(cluster, alerts={"mail_catcher": True})
+    service = Service(settings)
+    assert service.alerts.catcher is None
+    assert service.alerts.smtp.describe() == "smtp mail.example.test:2525 (plain)"

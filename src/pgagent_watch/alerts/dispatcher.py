@@ -272,10 +272,14 @@ class Dispatcher:
             return DeliveryError(
                 f"channel {channel_name!r} is not configured", permanent=True
             )
+        # A send must end well before its claim could be taken back.
+        limit = self.settings.claim_timeout / 2
         try:
-            return await channel.send(recipient, message)
+            return await asyncio.wait_for(channel.send(recipient, message), limit)
         except DeliveryError as exc:
             return exc
+        except TimeoutError:
+            return DeliveryError(f"channel {channel_name}: no answer in {limit:g} s")
         except Exception as exc:
             logger.exception("channel %s crashed", channel_name)
             return DeliveryError(f"channel {channel_name} crashed: {exc!r}"[:300])

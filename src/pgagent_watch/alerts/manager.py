@@ -32,7 +32,12 @@ class AlertService:
         smtp = self.channels[subscriptions.EMAIL]
         assert isinstance(smtp, SmtpChannel)
         self.smtp = smtp
-        self.catcher = MailCatcher() if settings.alerts.mail_catcher else None
+        # The demo's catcher, unless SMTP_HOST (or [smtp] host) names a server.
+        self.catcher = (
+            MailCatcher()
+            if settings.alerts.mail_catcher and not self.smtp.configured
+            else None
+        )
         self.engine = AlertEngine(service)
         self.dispatcher = Dispatcher(
             service.state_pool,
@@ -59,7 +64,7 @@ class AlertService:
 
     async def start(self) -> None:
         """Start the catcher (demo, no SMTP_HOST), the engine and the dispatcher."""
-        if self.catcher is not None and not self.smtp.configured:
+        if self.catcher is not None:
             port = await self.catcher.start()
             self.smtp.host, self.smtp.port, self.smtp.security = (
                 "127.0.0.1",
