@@ -25,6 +25,7 @@ from .alerts_support import (
     make_user,
     outbox,
     subscribe,
+    text_of,
     write_failures,
 )
 from .fix_cluster import running_service, unique, until
@@ -213,3 +214,38 @@ async def test_a_shutdown_lets_the_delivery_in_flight_finish_and_records_it(
         await alerts_ready(running)
         await asyncio.sleep(1)
     assert len(inbox.to(address)) == 1
+
+
+async def test_derived_events_alert_when_they_start_and_when_they_end(
+    cluster, db, make_job, inbox
+):
+    job_id = make_job([Step("1 slow", "SELECT 1")], enabled=False)
+    name = db.execute(
+        "SELECT jobname FROM pgagent.pga_job WHERE jobid = %s", (job_id,)
+    ).fetchone()[0]
+    async with running_service(alert_settings(cluster, inbox.port, window=0.5)) as r:
+        await alerts_ready(r)
+        user_id, address, _ = make_user(db)
+        subscribe(db, user_id, job_id, statuses=["stuck", "agent_down"])
+
+        def derived(kind: str, status: str, job: int | None, reason: str) -> None:
+            # As the detector writes them: same table, same notification.
+            db.execute(
+                "INSERT INTO pgagent_watch.event (kind, job_id, status, extra)"
+                " VALUES (%s, %s, %s, jsonb_build_object('reason', %s::text))",
+                (kind, job, status, reason),
+            )
+
+        derived("stuck", "start", job_id, "running for 2 h, usually 3 min")
+        await until(lambda: len(inbox.to(address)) == 1, "the stuck alert")
+        derived("stuck", "end", job_id, "run ended")
+        await until(lambda: len(inbox.to(address)) == 2, "back to normal")
+        derived("agent_down", "start", None, "no agent alive")
+        await until(lambda: len(inbox.to(address)) == 3, "agent down")
+    subjects = [m["Subject"] for m in inbox.to(address)]
+    assert subjects == [
+        f"{name} is stuck on test",
+        f"{name} back to normal on test (was stuck)",
+        "pgAgent's agent is down on test",
+    ]
+    assert "why: running for 2 h, usually 3 min" in text_of(inbox.to(address)[0])

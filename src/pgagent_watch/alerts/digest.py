@@ -71,6 +71,7 @@ class Row:
     job_id: int | None
     job_name: str
     status: str
+    back: bool
     count: int
     first_at: datetime
     last_at: datetime
@@ -80,22 +81,25 @@ class Row:
     step_result: Any
     output: str
     link: str
+    note: str = ""
 
 
 def group(alerts: Sequence[dict[str, Any]], public_url: str | None) -> list[Row]:
     """One row per (server, job, status), the latest run's details shown."""
-    rows: dict[tuple[int, Any, str], Row] = {}
+    rows: dict[tuple[int, Any, str, bool], Row] = {}
     for a in sorted(alerts, key=lambda a: (a["event_at"], a["id"])):
-        key = (a["server_id"], a["job_id"], a["status"])
         detail = a.get("detail") or {}
+        back = bool(detail.get("back_to_normal"))
+        key = (a["server_id"], a["job_id"], a["status"], back)
         row = rows.get(key)
         if row is None:
             row = rows[key] = Row(
                 server_id=a["server_id"],
                 server_name=a["server_name"],
                 job_id=a["job_id"],
-                job_name=a["job_name"] or f"job {a['job_id']}",
+                job_name=_name(a),
                 status=a["status"],
+                back=back,
                 count=0,
                 first_at=a["event_at"],
                 last_at=a["event_at"],
@@ -113,9 +117,22 @@ def group(alerts: Sequence[dict[str, Any]], public_url: str | None) -> list[Row]
         row.step_name = clean(detail.get("step_name"))
         row.step_result = detail.get("step_result")
         row.output = clean(detail.get("output"))
-        row.job_name = a["job_name"] or row.job_name
+        row.note = one_line(str(detail.get("reason") or ""), 200)
+        row.job_name = _name(a)
         row.link = run_link(public_url, a["server_id"], a["job_id"], a["run_id"])
     return sorted(rows.values(), key=lambda r: (-r.last_at.timestamp(), r.job_name))
+
+
+def _name(alert: dict[str, Any]) -> str:
+    if alert["job_name"]:
+        return str(alert["job_name"])
+    return "every job" if alert["job_id"] is None else f"job {alert['job_id']}"
+
+
+def status_label(row: Row) -> str:
+    """ "failed", "stuck", or "stuck: back to normal"."""
+    label = row.status.replace("_", " ")
+    return f"{label}: back to normal" if row.back else label
 
 
 def subject(rows: Sequence[Row]) -> str:
@@ -125,7 +142,12 @@ def subject(rows: Sequence[Row]) -> str:
     servers = ", ".join(dict.fromkeys(one_line(r.server_name, 40) for r in rows))
     names = ", ".join(jobs[:3]) + (", ..." if len(jobs) > 3 else "")
     statuses = {r.status for r in rows}
-    if len(statuses) == 1:
+    if all(r.back for r in rows):
+        if total == 1:
+            was = status_label(rows[0]).split(":")[0]
+            return f"{jobs[0]} back to normal on {servers} (was {was})"
+        return f"{total} back to normal on {servers}: {names}"
+    if len(statuses) == 1 and not any(r.back for r in rows):
         word = next(iter(statuses))
         verb = _VERB.get(word, word)
         if total == 1:
@@ -138,6 +160,8 @@ def subject(rows: Sequence[Row]) -> str:
 
 
 def _single(row: Row, servers: str) -> str:
+    if row.status == "agent_down" and row.job_id is None:
+        return f"pgAgent's agent is down on {servers}"
     status = row.status.replace("_", " ")
     what = {"agent_down": "lost its agent"}.get(row.status, status)
     if row.status in ("stuck", "overdue", "flapping"):
@@ -163,9 +187,7 @@ def text_body(rows: Sequence[Row], total: int) -> str:
     lines = [f"pgagent-watch: {total} alert{'s' if total != 1 else ''}", ""]
     for r in rows:
         times = f" x{r.count}" if r.count > 1 else ""
-        lines.append(
-            f"* {r.job_name} on {r.server_name}: {r.status.replace('_', ' ')}{times}"
-        )
+        lines.append(f"* {r.job_name} on {r.server_name}: {status_label(r)}{times}")
         lines.append(f"  when: {_when(r.last_at)}")
         if r.count > 1:
             lines.append(f"  first: {_when(r.first_at)}")
@@ -174,6 +196,8 @@ def text_body(rows: Sequence[Row], total: int) -> str:
         if r.step_name:
             result = f" (result {r.step_result})" if r.step_result is not None else ""
             lines.append(f"  failing step: {r.step_name}{result}")
+        if r.note:
+            lines.append(f"  why: {r.note}")
         if r.output:
             lines.append("  output:")
             lines.extend("    " + line for line in r.output.splitlines())
@@ -205,10 +229,10 @@ def html_body(rows: Sequence[Row], total: int) -> str:
         name = e(r.job_name)
         if r.link:
             name = f'<a href="{e(r.link, quote=True)}">{name}</a>'
-        status = e(r.status.replace("_", " "))
+        status = e(status_label(r))
         if r.count > 1:
             status += f" &times;{r.count}"
-        step = e(r.step_name)
+        step = e(r.step_name or r.note)
         if r.step_name and r.step_result is not None:
             step += f" (result {e(str(r.step_result))})"
         output = (

@@ -247,7 +247,8 @@ class AlertEngine:
         rows: list[dict[str, Any]] = []
         for event, word in alertable:
             for user_id, job_id, statuses, channel, email in subs:
-                if job_id is not None and job_id != event.job_id:
+                # An event of no job (agent down) concerns every job.
+                if job_id is not None and event.job_id not in (None, job_id):
                     continue
                 if word not in statuses:
                     continue
@@ -284,7 +285,12 @@ class AlertEngine:
             "run_id": event.run_id,
             "event_at": event.at,
             "duration": event.duration,
-            "detail": {"letter": event.status, "kind": event.kind, **_extra(event)},
+            "detail": {
+                "letter": event.status,
+                "kind": event.kind,
+                "back_to_normal": event.kind != "run" and event.status == "end",
+                **_extra(event),
+            },
             "min_interval": float(self.settings.min_interval),
         }
 

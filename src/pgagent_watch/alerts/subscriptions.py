@@ -46,11 +46,11 @@ def run_status_word(kind: str, status: str | None) -> str | None:
     """The subscription word of an event, or None if no one subscribes to it.
 
     Runs map by their letter; derived events (kind ``stuck``, ...) alert when
-    they start.
+    they start, and again when they end ("back to normal").
     """
     if kind == "run" and status is not None and status in _LETTERS:
         return _LETTERS[status]
-    if kind in DERIVED_STATUSES and status == "start":
+    if kind in DERIVED_STATUSES and status in ("start", "end"):
         return kind
     return None
 
