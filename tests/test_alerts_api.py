@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,6 +34,12 @@ async def test_subscriptions_are_per_user_and_bad_input_gets_a_clear_error(
             anon = await http.put("/api/subscriptions", json={"server_id": 1})
             assert anon.status_code == 403
             assert "user" in anon.json()["detail"]["error"]
+            nobody = await client_factory(running.url)
+            refused = await nobody.call(
+                "update_job_subscription", {"server_id": 1, "job_id": job_id}
+            )
+            assert refused["code"] == "FORBIDDEN"
+            await nobody.close()
 
             _, _, alice = make_user(db)
             _, _, bob = make_user(db)
@@ -107,6 +114,12 @@ async def test_subscriptions_are_per_user_and_bad_input_gets_a_clear_error(
                 " WHERE jobid = %s",
                 (job_id,),
             )
+            # A renamed job keeps its subscriptions.
+            engine = running.service.alerts.engine
+            seen = engine.written
+            await asyncio.sleep(1)
+            kept = (await http.get("/api/subscriptions", headers=a)).json()
+            assert job_id in [s["job_id"] for s in kept] and engine.written == seen
             db.execute("DELETE FROM pgagent.pga_job WHERE jobid = %s", (job_id,))
 
             async def job_gone() -> bool:

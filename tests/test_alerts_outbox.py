@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -249,3 +249,22 @@ async def test_derived_events_alert_when_they_start_and_when_they_end(
         "pgAgent's agent is down on test",
     ]
     assert "why: running for 2 h, usually 3 min" in text_of(inbox.to(address)[0])
+
+
+async def test_quiet_hours_keep_alerts_waiting(cluster, db, make_job, inbox):
+    now = datetime.now(UTC)
+    start = (now - timedelta(minutes=1)).strftime("%H:%M")
+    end = (now + timedelta(minutes=3)).strftime("%H:%M")
+    job_id = make_job([Step("1 boom", "SELECT 1/0")], enabled=False)
+    settings = alert_settings(cluster, inbox.port, quiet_hours=f"{start}-{end}")
+    async with running_service(settings) as running:
+        await alerts_ready(running)
+        user_id, address, _ = make_user(db)
+        subscribe(db, user_id, job_id)
+        write_failures(db, job_id, 1)
+        await until(lambda: outbox(db, address), "the alert written")
+        await asyncio.sleep(1.5)
+    assert [r[1] for r in outbox(db, address)] == ["pending"]
+    assert inbox.to(address) == []
+    # Leave nothing waiting for the services of later tests.
+    db.execute("DELETE FROM pgagent_watch.alert WHERE recipient = %s", (address,))
