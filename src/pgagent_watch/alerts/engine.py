@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -84,15 +85,18 @@ class AlertEngine:
         # server id -> the reason its cursor cannot go on (C11), or None.
         self.errors: dict[int, str | None] = {sid: None for sid in service.servers}
         self.written = 0
+        # Event ids the hub handed over since the last read, per server.
+        self._notified: dict[int, set[int]] = {sid: set() for sid in service.servers}
         # Servers whose cursor has been read (or made) at least once.
         self.started: set[int] = set()
         self.on_written: list[Any] = []
 
     # -- hub consumer: never blocks ------------------------------------------
     def submit(self, events: Sequence[JobEvent]) -> None:
-        for sid in {e.server_id for e in events}:
-            wake = self._wake.get(sid)
+        for event in events:
+            wake = self._wake.get(event.server_id)
             if wake is not None:
+                self._notified[event.server_id].add(event.event_id)
                 wake.set()
 
     def server_state(self, server_id: int, state: str, reason: str | None) -> None:
@@ -113,10 +117,16 @@ class AlertEngine:
     async def _loop(self, server: MonitoredServer) -> None:
         wake = self._wake[server.id]
         delay = self.settings.backoff_initial
+        last_full = -float("inf")
         while True:
             with_timeout = self.settings.poll_interval
+            # The hub's wake-ups read only what is new or was named; the
+            # timer's full read moves the mark (and is the safety net).
+            full = time.monotonic() - last_full >= self.settings.poll_interval
             try:
-                await self.process(server)
+                await self.process(server, full=full)
+                if full:
+                    last_full = time.monotonic()
                 self.started.add(server.id)
                 if self.errors[server.id] is not None:
                     logger.info("alert cursor of %s is reading again", server.id)
@@ -144,7 +154,7 @@ class AlertEngine:
                 pass
             wake.clear()
 
-    async def process(self, server: MonitoredServer) -> int:
+    async def process(self, server: MonitoredServer, *, full: bool = True) -> int:
         """Read the server's new events and write their alerts; return how many.
 
         Raises ReplayMarkError when the stored mark lies ahead of the server's
@@ -179,7 +189,11 @@ class AlertEngine:
                 before = copy.deepcopy(state)
                 cursor = EventCursor(server.id, state)
                 await cursor.check_mark(src)
-                events = await cursor.read_full(src)
+                notified, self._notified[server.id] = self._notified[server.id], set()
+                if full:
+                    events = await cursor.read_full(src)
+                else:
+                    events = await cursor.read_live(src, notified)
                 written = await self._handle(st, src, server, events) if events else 0
                 if state != before:
                     await self._save(st, name, state)
