@@ -204,6 +204,8 @@ class AlertSettings(_Strict):
     claim_timeout: float = Field(default=300, gt=0)
     # The engine's safety read and the dispatcher's tick.
     poll_interval: float = Field(default=5, gt=0)
+    # Sent, failed and dead rows older than this leave the outbox.
+    retention_days: float = Field(default=30, gt=0)
     output_lines: int = Field(default=20, ge=1)
     output_chars: int = Field(default=4000, ge=100)
     # The demo's embedded SMTP server (aiosmtpd); its catch is on the page.

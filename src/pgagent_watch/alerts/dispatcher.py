@@ -53,6 +53,12 @@ WHERE a.state = 'pending' AND a.not_before <= now()
 GROUP BY a.recipient, a.channel, g.last_sent_at, g.retry_at
 """
 
+_PRUNE = """
+DELETE FROM pgagent_watch.alert
+WHERE state IN ('sent', 'failed', 'dead')
+  AND created_at < now() - make_interval(secs => %s)
+"""
+
 _NEXT_NOT_BEFORE = """
 SELECT min(not_before) - now() FROM pgagent_watch.alert
 WHERE state = 'pending' AND not_before > now()
@@ -71,6 +77,10 @@ WHERE id IN (
 RETURNING id, recipient, channel, server_id, server_name, event_id, status,
     job_id, job_name, run_id, event_at, duration, detail, attempts
 """
+
+
+def loop_time() -> float:
+    return asyncio.get_running_loop().time()
 
 
 def backoff(settings: AlertSettings, failures: int) -> float:
@@ -122,6 +132,7 @@ class Dispatcher:
         self.last_error: str | None = None
         # On shutdown, how long a delivery in flight may take to finish.
         self.grace = 10.0
+        self._pruned_at = -float("inf")
 
     def poke(self) -> None:
         """New alerts are waiting: look now."""
@@ -149,6 +160,13 @@ class Dispatcher:
         """Send every group that is due; return seconds until the next may be."""
         async with self.pool.connection(timeout=10) as conn:
             await conn.execute(_RECLAIM, (self.settings.claim_timeout,))
+            if loop_time() - self._pruned_at > 3600:
+                self._pruned_at = loop_time()
+                pruned = await conn.execute(
+                    _PRUNE, (self.settings.retention_days * 86400,)
+                )
+                if pruned.rowcount:
+                    logger.info("pruned %d old alerts", pruned.rowcount)
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(_GROUPS)
             groups = await cur.fetchall()
