@@ -284,3 +284,28 @@ async def set_enabled(conn: AnyConn, job_id: int, enabled: bool) -> bool:
         "UPDATE pgagent.pga_job SET jobenabled = %s WHERE jobid = %s", (enabled, job_id)
     )
     return cur.rowcount == 1
+
+
+# The usual duration of each job: the median of its last 20 finished runs,
+# read backwards on the (jlgjobid, jlgid) index, whatever the history's size.
+_USUAL = """
+SELECT j.jobid AS job_id,
+       (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY x.d)
+        FROM (SELECT extract(epoch FROM r.jlgduration)::float8 AS d
+              FROM pgagent.pga_joblog r
+              WHERE r.jlgjobid = j.jobid AND r.jlgduration IS NOT NULL
+              ORDER BY r.jlgid DESC LIMIT 20) x) AS usual
+FROM pgagent.pga_job j
+"""
+
+
+async def summary(conn: AnyConn) -> dict[str, Any]:
+    """The server's TimeZone and each job's usual duration in seconds."""
+    zone = await _one(conn, "SELECT current_setting('TimeZone') AS tz", ())
+    rows = await _all(conn, _USUAL, ())
+    return {
+        "server_timezone": zone["tz"] if zone else None,
+        "usual_duration": {
+            str(r["job_id"]): r["usual"] for r in rows if r["usual"] is not None
+        },
+    }
