@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable
@@ -30,7 +31,9 @@ async def api(watch: Running) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=watch.url, timeout=30)
 
 
-def wait_run(db: psycopg.Connection, job_id: int, limit: float = 60) -> tuple[int, str]:
+async def wait_run(
+    db: psycopg.Connection, job_id: int, limit: float = 60
+) -> tuple[int, str]:
     """The first finished run of a job: (jlgid, status)."""
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
@@ -41,7 +44,7 @@ def wait_run(db: psycopg.Connection, job_id: int, limit: float = 60) -> tuple[in
         ).fetchone()
         if row:
             return int(row[0]), str(row[1])
-        time.sleep(0.2)
+        await asyncio.sleep(0.2)
     raise AssertionError(f"job {job_id} did not finish a run")
 
 
@@ -75,7 +78,7 @@ async def test_a_step_output_downloads_exactly_as_written(
     source.chmod(0o644)
     job_id = make_job([samples.Step("1 print", f"cat '{source}'; exit 3", kind="b")])
     samples.run_now(db, job_id)
-    run_id, status = wait_run(db, job_id)
+    run_id, status = await wait_run(db, job_id)
     assert status == "f"
     stored = db.execute(
         "SELECT jslid, jsloutput FROM pgagent.pga_jobsteplog WHERE jsljlgid = %s",
@@ -207,7 +210,7 @@ async def test_run_now_enable_and_disable_do_what_they_say(
         got = await http.post(f"{base}/run-now")
         assert got.status_code == 200, got.text
         assert "will start" in got.json()["message"]
-        run_id, status = wait_run(db, job_id)
+        run_id, status = await wait_run(db, job_id)
         assert status == "s"
         again = await http.post(f"{base}/runs/{run_id}/retry")
         assert again.status_code == 409 and "did not fail" in again.json()["detail"]

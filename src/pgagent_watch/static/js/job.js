@@ -84,7 +84,7 @@ function runsTable(sid, jobId, tz, selected) {
     for (const r of runs) {
       const link = `#/servers/${sid}/jobs/${jobId}/runs/${r.run_id}`;
       const tr = el("tr", { class: r.run_id === selected ? "selected" : "", "data-run-id": String(r.run_id) },
-        el("td", {}, el("a", { href: link }, `#${r.run_id}`)), el("td", {}, runBadge(r.status)), el("td", {}, timeEl(r.start, tz, true)),
+        el("td", {}, el("a", { href: link }, `#${r.run_id}`)), el("td", {}, runBadge(r.status)), el("td", {}, timeEl(r.start, tz(), true)),
         el("td", {}, r.duration === null ? "" : fmtDuration(r.duration)), el("td", {}, r.failed_step || ""));
       body.append(tr);
     }
@@ -125,13 +125,13 @@ function actions(sid, job, refresh) {
 export function showJob(view, sid, jobId, runId) {
   clear(view);
   const server = store.servers.get(sid);
-  const tz = server?.timezone;
+  const zone = () => server?.timezone || detail?.server_timezone;
   const crumbs = el("nav", { class: "crumbs", "aria-label": "breadcrumb" }, el("a", { href: "#/" }, "Overview"), " › ", server ? server.name : `server ${sid}`, " › ");
   const title = el("h2", { class: "job-title" });
   const headBox = el("div", { class: "job-head" });
   const info = el("div", { class: "job-info" });
   const runBox = el("div", { class: "run-box" });
-  const runs = runsTable(sid, jobId, tz, runId);
+  const runs = runsTable(sid, jobId, zone, runId);
   view.append(crumbs, title, headBox, runBox, runs.sec, info);
   let detail = null;
 
@@ -146,9 +146,9 @@ export function showJob(view, sid, jobId, runId) {
     clear(headBox);
     if (job.description) headBox.append(el("p", { class: "description" }, job.description));
     const facts = el("p", { class: "facts" });
-    if (job.enabled && job.next_run) facts.append("Next run ", timeEl(job.next_run, tz), ". ");
-    if (job.last_run) facts.append("Last run ", timeEl(job.last_run, tz), ". ");
-    if (tz) facts.append(`Server time zone: ${tz}.`);
+    if (job.enabled && job.next_run) facts.append("Next run ", timeEl(job.next_run, zone()), ". ");
+    if (job.last_run) facts.append("Last run ", timeEl(job.last_run, zone()), ". ");
+    if (zone()) facts.append(`Server time zone: ${zone()}.`);
     headBox.append(facts, actions(sid, { ...job, viewer: null }, reloadAll));
     const t = alertToggle(sid, jobId, job.job_name || `job ${jobId}`);
     if (t) headBox.append(el("div", { class: "alert-line" }, t), statusEditor(sid, jobId, job.job_name || `job ${jobId}`));
@@ -172,9 +172,9 @@ export function showJob(view, sid, jobId, runId) {
     const ul = el("ul");
     for (const s of detail.schedules) {
       const li = el("li", { class: s.enabled ? "" : "disabled" }, el("strong", {}, s.name), ": ", el("span", { class: "words" }, s.words));
-      if (s.next_run) li.append(" — next ", timeEl(s.next_run, tz));
+      if (s.next_run) li.append(" — next ", timeEl(s.next_run, zone()));
       if (!s.enabled) li.append(" (disabled)");
-      if (s.end) li.append(", until ", timeEl(s.end, tz));
+      if (s.end) li.append(", until ", timeEl(s.end, zone()));
       ul.append(li);
     }
     sch.append(ul);
@@ -183,12 +183,14 @@ export function showJob(view, sid, jobId, runId) {
 
   const loadRun = async () => {
     if (!runId) return;
-    const sec = await runSection(sid, jobId, runId, tz);
+    const sec = await runSection(sid, jobId, runId, zone());
     clear(runBox).append(sec);
   };
 
   async function reloadAll() {
-    try { detail = await api("GET", `/api/servers/${sid}/jobs/${jobId}`); } catch (e) {
+    try {
+      detail = await api("GET", `/api/servers/${sid}/jobs/${jobId}`);
+    } catch (e) {
       clear(view).append(crumbs, el("p", { class: "error" }, e.message)); return;
     }
     renderHead();

@@ -88,7 +88,9 @@ export function fmtTime(iso, seconds = false) {
 export function serverTime(iso, zone) {
   if (!iso || !zone) return null;
   try {
-    const f = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "medium", timeZone: zone, timeZoneName: "short" });
+    const f = new Intl.DateTimeFormat(undefined, {
+      year: "numeric", month: "short", day: "numeric", hour: "numeric", minute: "2-digit",
+      second: "2-digit", timeZone: zone, timeZoneName: "short" });
     return `server time: ${f.format(new Date(iso))} (${zone})`;
   } catch { return null; }
 }

@@ -127,7 +127,11 @@ export function connect() {
     }
     emit("live", { up: true, back: wasLost });
   });
-  socket.on("disconnect", () => { store.connected = false; wasLost = true; emit("live", { up: false }); });
+  socket.on("disconnect", (reason) => {
+    store.connected = false; wasLost = true; emit("live", { up: false });
+    // A disconnect the server asked for is not retried by the client itself.
+    if (reason === "io server disconnect") setTimeout(() => socket.connect(), 500 + Math.random() * 1500);
+  });
   socket.on("connect_error", () => { if (!store.connected) { wasLost = true; emit("live", { up: false }); } });
   socket.on("job_states", (msg) => {
     const seen = new Set();
