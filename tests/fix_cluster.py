@@ -117,7 +117,9 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def running_service(settings: Settings) -> AsyncIterator[Running]:
+async def running_service(
+    settings: Settings, wait_state: bool = True
+) -> AsyncIterator[Running]:
     service = Service(settings)
     port = free_port()
     server = make_server(service, "127.0.0.1", port)
@@ -127,6 +129,8 @@ async def running_service(settings: Settings) -> AsyncIterator[Running]:
         if task.done() or time.monotonic() > deadline:
             raise RuntimeError("the service did not start")
         await asyncio.sleep(0.02)
+    if wait_state:
+        await asyncio.wait_for(service.state_ready.wait(), WAIT)
     try:
         yield Running(service, port)
     finally:
@@ -230,7 +234,15 @@ async def client_factory() -> AsyncIterator[Callable[..., Any]]:
     clients: list[Client] = []
 
     async def make(url: str, **kw: Any) -> Client:
-        c = await Client().connect(url, **kw)
+        c = Client()
+        try:
+            await c.connect(url, **kw)
+        except BaseException:
+            # A refused connection leaves engineio's HTTP session open.
+            http = getattr(c.sio.eio, "http", None)
+            if http is not None and not http.closed:
+                await http.close()
+            raise
         clients.append(c)
         return c
 

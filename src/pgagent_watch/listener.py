@@ -105,6 +105,8 @@ class Listener:
         self.status = ListenerStatus()
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._wake = asyncio.Event()
+        # Full reads done so far: tests and /healthz can tell one happened.
+        self.full_reads = 0
 
     def _set_state(self, state: ListenerState, reason: str | None = None) -> None:
         if state == self.status.state and reason == self.status.reason:
@@ -235,6 +237,7 @@ class Listener:
             if self._wake.is_set() or due:
                 self._wake.clear()
                 self._publish(await self._bounded(self.cursor.read_full(conn)))
+                self.full_reads += 1
                 last_full = time.monotonic()
             elif notified:
                 self._publish(
