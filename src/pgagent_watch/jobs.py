@@ -27,6 +27,7 @@ class JobState(TypedDict):
     run_start: datetime | None
     run_duration: float | None
     current_step: str | None
+    failed_step: str | None
 
 
 # One statement per server, however many jobs: the latest run of each job
@@ -37,7 +38,7 @@ SELECT j.jobid AS job_id, j.jobname AS job_name, j.jobdesc AS description,
        j.jobagentid AS agent_pid, j.jobhostagent AS host_agent,
        r.jlgid AS run_id, r.jlgstatus AS status, r.jlgstart AS run_start,
        extract(epoch FROM r.jlgduration)::float8 AS run_duration,
-       cs.jstname AS current_step
+       cs.jstname AS current_step, fs.jstname AS failed_step
 FROM pgagent.pga_job j
 LEFT JOIN LATERAL (
     SELECT jlgid, jlgstatus, jlgstart, jlgduration FROM pgagent.pga_joblog
@@ -49,6 +50,13 @@ LEFT JOIN LATERAL (
     WHERE r.jlgstatus = 'r' AND sl.jsljlgid = r.jlgid AND sl.jslstatus = 'r'
     ORDER BY sl.jslid DESC LIMIT 1
 ) cs ON true
+LEFT JOIN LATERAL (
+    SELECT st.jstname FROM pgagent.pga_jobsteplog sl
+    JOIN pgagent.pga_jobstep st ON st.jstid = sl.jsljstid
+    WHERE r.jlgstatus IN ('f', 'i', 'd') AND sl.jsljlgid = r.jlgid
+      AND sl.jslstatus IN ('f', 'd')
+    ORDER BY sl.jslid LIMIT 1
+) fs ON true
 """
 
 

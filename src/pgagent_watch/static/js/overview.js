@@ -114,6 +114,7 @@ function fillRow(tr, job) {
   if (lastResult && lastResult !== "r") {
     const link = el("a", { href: `${jobLink(job)}/runs/${job.run_id}`, class: "result " + lastResult }, RUN_STATUS[lastResult] || lastResult);
     last.append(link);
+    if (job.status !== "r" && job.failed_step) last.append(" at ", el("span", { class: "failed-step" }, job.failed_step));
     if (job.status !== "r" && job.run_start) last.append(" ", timeEl(job.run_start, tz));
   } else if (job.status === "r" && job.run_start) {
     last.append("started ", timeEl(job.run_start, tz));
@@ -121,10 +122,9 @@ function fillRow(tr, job) {
   const next = el("td", { class: "next" });
   if (job.enabled && job.next_run) next.append(timeEl(job.next_run, tz));
   else if (!job.enabled) next.append("—");
-  const alert = el("td", { class: "alert" });
+  tr.append(name, statusCell(job), last, next, durationCell(job));
   const toggle = alertToggle(job.sid, job.job_id, job.job_name);
-  if (toggle) alert.append(toggle);
-  tr.append(name, statusCell(job), last, next, durationCell(job), alert);
+  if (toggle) tr.append(el("td", { class: "alert" }, toggle));
 }
 
 function serverSection(server) {
@@ -137,7 +137,9 @@ function serverSection(server) {
   if (toggle) h2.append(" ", toggle);
   const table = el("table", { class: "jobs" });
   const head = el("tr");
-  for (const [t, c] of [["Job", "name"], ["Status", "status"], ["Last result", "last"], ["Next run", "next"], ["Last duration", "duration"], ["Alert me", "alert"]]) head.append(el("th", { scope: "col", class: c }, t));
+  const cols = [["Job", "name"], ["Status", "status"], ["Last result", "last"], ["Next run", "next"], ["Last duration", "duration"]];
+  if (store.subs) cols.push(["Alert me", "alert"]);
+  for (const [t, c] of cols) head.append(el("th", { scope: "col", class: c }, t));
   table.append(el("thead", {}, head), el("tbody"));
   section.append(h2, table);
   return section;

@@ -100,9 +100,10 @@ function applyUpdate(u) {
     if (u.run_id && job.run_id && u.run_id < job.run_id) { emit("update", u); return; }
     if (u.status === "r") {
       if (job.status && job.status !== "r") job.last_result = job.status;
-      Object.assign(job, { run_id: u.run_id, status: "r", run_start: u.timestamp, run_duration: null, current_step: null });
+      Object.assign(job, { run_id: u.run_id, status: "r", run_start: u.timestamp, run_duration: null, current_step: null, failed_step: null });
     } else {
-      Object.assign(job, { run_id: u.run_id, status: u.status, run_duration: u.duration, current_step: null, last_result: u.status, last_finished: u.timestamp });
+      Object.assign(job, { run_id: u.run_id, status: u.status, run_duration: u.duration, current_step: null, last_result: u.status, last_finished: u.timestamp,
+        failed_step: store.failingStep.get(u.run_id) || null });
     }
   } else if (u.kind === "step") {
     if (u.status === "r" && job.status === "r" && u.run_id === job.run_id) job.current_step = u.step_name;

@@ -17,7 +17,7 @@ function chartWidth(holder) {
 }
 
 function dayAxis() {
-  return { values: (u, vals) => vals.map((v) => new Date(v * 1000).toISOString().slice(5, 10)) };
+  return { incrs: [86400, 2 * 86400, 7 * 86400, 14 * 86400, 28 * 86400], values: (u, vals) => vals.map((v) => new Date(v * 1000).toISOString().slice(5, 10)) };
 }
 
 const orNull = (n) => (n ? n : null);
@@ -39,7 +39,7 @@ function runsChart(holder, data) {
     ],
     axes: [dayAxis(), { label: "runs" }, { side: 1, scale: "rate", label: "failure %", grid: { show: false } }],
   };
-  const rows = [xs, data.days.map((d) => d.runs), data.days.map((d) => orNull(d.failed + d.aborted)), data.days.map((d) => orNull(d.aborted)),
+  const rows = [xs, data.days.map((d) => orNull(d.runs)), data.days.map((d) => orNull(d.failed + d.aborted)), data.days.map((d) => orNull(d.aborted)),
     data.days.map((d) => (d.failure_rate === null ? null : d.failure_rate * 100))];
   return new uPlot(opts, rows, holder);
 }
