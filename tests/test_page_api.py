@@ -291,3 +291,46 @@ async def test_trends_count_runs_per_day_and_export_csv(
     lines = csv.text.splitlines()
     assert lines[0] == "day,runs,succeeded,failed,aborted,running,failure_rate,p50,p95"
     assert len(lines) == 4
+
+
+async def test_a_megabyte_of_output_comes_over_http_never_on_the_socket(
+    watch: Running,
+    db: psycopg.Connection,
+    make_job: Callable[..., int],
+    live_agent: Any,
+    client_factory: Callable[..., Any],
+) -> None:
+    # C15: the socket carries statuses; the output is fetched when wanted.
+    client = await client_factory(watch.url)
+    await client.call("start_job_status_listener", {"sid": 1})
+    marker = "MARKER-" + unique("c15")
+    script = (
+        f"i=0; while [ $i -lt 20000 ]; do echo '{marker} {'x' * 40} '$i; "
+        "i=$((i+1)); done"
+    )
+    job_id = make_job([samples.Step("1 loud", script, kind="b")])
+    samples.run_now(db, job_id)
+    await client.wait_for(
+        lambda c: any(
+            u["job_id"] == job_id and u["kind"] == "run" and u["status"] == "s"
+            for u in c.updates()
+        ),
+        "the run to succeed",
+        limit=60,
+    )
+    assert marker not in repr(client.received)
+    row = db.execute(
+        "SELECT r.jlgid, s.jslid, octet_length(s.jsloutput)"
+        " FROM pgagent.pga_joblog r JOIN pgagent.pga_jobsteplog s"
+        " ON s.jsljlgid = r.jlgid WHERE r.jlgjobid = %s",
+        (job_id,),
+    ).fetchone()
+    assert row is not None and row[2] > 1_000_000
+    run_id, step_run_id, size = row
+    async with await api(watch) as http:
+        base = f"/api/servers/1/jobs/{job_id}/runs/{run_id}"
+        run = (await http.get(base)).json()
+        assert run["step_runs"][0]["output_truncated"] is True
+        assert run["step_runs"][0]["output_bytes"] == size
+        whole = await http.get(f"{base}/step-runs/{step_run_id}/output")
+    assert len(whole.content) == size and whole.text.count(marker) == 20000

@@ -360,3 +360,27 @@ async def test_a_subscribed_jobs_failure_shows_a_toast(
     link = await toast.locator("a").get_attribute("href")
     assert link is not None and link.startswith(f"#/servers/1/jobs/{job_id}/runs/")
     tab.check_clean()
+
+
+async def test_the_page_fits_a_phone_and_works_from_the_keyboard(
+    browser: Browser, watch: Running, make_job: Callable[..., int]
+) -> None:
+    job_id = make_job([samples.Step("1 x", "SELECT 1")], name=unique("a-phone"))
+    context = await browser.new_context(
+        viewport={"width": 390, "height": 800}, is_mobile=True
+    )
+    try:
+        page = await context.new_page()
+        await page.goto(watch.url + "/")
+        await page.wait_for_selector("body[data-ready=true]")
+        width = await page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390
+        await page.locator("#filters input[name=name]").fill("a-phone")
+        link = page.locator(f"tr.job[data-job-id='{job_id}'] td.name a")
+        await link.focus()
+        await page.keyboard.press("Enter")
+        await expect(page).to_have_url(f"{watch.url}/#/servers/1/jobs/{job_id}")
+        await expect(page.locator("button.run-now")).to_be_visible()
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+    finally:
+        await context.close()
