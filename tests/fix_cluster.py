@@ -227,6 +227,14 @@ class Client:
 
     async def close(self) -> None:
         await self.sio.disconnect()
+        await close_http(self.sio)
+
+
+async def close_http(sio: socketio.AsyncClient) -> None:
+    """Close engineio's HTTP session, which a refused or reconnecting client keeps."""
+    http = getattr(sio.eio, "http", None)
+    if http is not None and not http.closed:
+        await http.close()
 
 
 @pytest.fixture
@@ -238,10 +246,7 @@ async def client_factory() -> AsyncIterator[Callable[..., Any]]:
         try:
             await c.connect(url, **kw)
         except BaseException:
-            # A refused connection leaves engineio's HTTP session open.
-            http = getattr(c.sio.eio, "http", None)
-            if http is not None and not http.closed:
-                await http.close()
+            await close_http(c.sio)
             raise
         clients.append(c)
         return c

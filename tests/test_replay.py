@@ -243,3 +243,20 @@ async def test_a_postgresql_restart_loses_no_event_and_tells_the_clients(
     await client.wait_for(
         lambda c: c.events("server_status")[-1]["state"] == "connected", "back"
     )
+
+
+async def test_a_mark_ahead_of_the_server_restarts_from_now_instead_of_stopping(
+    watch: Running, client_factory: Any, db: psycopg.Connection
+) -> None:
+    # C11: as after a restore into a fresh cluster, whose counter is lower.
+    job_id = idle_job(db)
+    client = await joined(client_factory, watch)
+    listener = watch.service.servers[1].listener
+    assert listener.cursor.state is not None
+    listener.cursor.state.mark += 10**9
+    pid = listener.backend_pid
+    db.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    await until(lambda: listener.backend_pid not in (None, pid), "reconnected")
+    write_run(db, job_id)
+    await client.wait_for(lambda c: len(delivered(c, job_id)) == 2, "new events")
+    assert listener.cursor.state.mark < 10**9
