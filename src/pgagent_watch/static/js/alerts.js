@@ -138,10 +138,13 @@ function mailView(mail) {
     el("div", { class: "subject" }, mail.subject || "(no subject)"),
     el("div", {}, "From ", mail.mail_from || "", " to ", Array.isArray(mail.to) ? mail.to.join(", ") : mail.to || ""),
     el("div", {}, "Received ", timeEl(mail.received_at, null, true))));
-  if (mail.html) {
-    // The mail's own HTML, with no script and no way out of its frame.
+  if (mail.html || mail.html_url) {
+    // The mail's own HTML, with no script and no way out of its frame. A
+    // srcdoc frame inherits this page's CSP, which drops the mail's inline
+    // styles; a same-origin html_url served with its own CSP keeps them.
     const frame = el("iframe", { sandbox: "", title: `mail: ${mail.subject || ""}`, class: "mail-html", referrerpolicy: "no-referrer" });
-    frame.srcdoc = mail.html;
+    if (mail.html_url && String(mail.html_url).startsWith("/")) frame.src = mail.html_url;
+    else frame.srcdoc = mail.html;
     art.append(frame);
   }
   if (mail.text) {

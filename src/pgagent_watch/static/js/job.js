@@ -1,7 +1,7 @@
 // A job's page: steps, schedules in words, runs newest first, a run's step
 // runs with their output (folded when long, downloadable whole), actions.
 
-import { el, clear, api, notice, confirmDialog, timeEl, fmtDuration, fmtElapsed, runBadge, badge, canOperate, STEP_STATUS, HEALTH_TEXT } from "./lib.js";
+import { el, clear, api, notice, confirmDialog, timeEl, fmtDuration, fmtElapsed, runBadge, badge, canOperate, me, STEP_STATUS, HEALTH_TEXT } from "./lib.js";
 import { store, onChange, key } from "./store.js";
 import { alertToggle, statusEditor } from "./alerts.js";
 import { trendsPanel } from "./trends.js";
@@ -80,6 +80,7 @@ function runsTable(sid, jobId, tz, selected) {
   table.append(el("thead", {}, head), body);
   const more = el("button", { type: "button", class: "older" }, "Older runs");
   let before = null;
+  let paged = false;
   const addRows = (runs) => {
     for (const r of runs) {
       const link = `#/servers/${sid}/jobs/${jobId}/runs/${r.run_id}`;
@@ -99,9 +100,10 @@ function runsTable(sid, jobId, tz, selected) {
     more.hidden = !before;
     if (reset && !page.runs.length) body.append(el("tr", {}, el("td", { colspan: "5", class: "empty" }, "never ran")));
   };
-  more.addEventListener("click", () => load(false).catch((e) => notice(e.message, "bad")));
+  more.addEventListener("click", () => { paged = true; load(false).catch((e) => notice(e.message, "bad")); });
   sec.append(table, more);
-  return { sec, reload: () => load(true) };
+  // A live change reloads the newest page, unless the reader went back in time.
+  return { sec, reload: () => load(true), refresh: () => (paged ? Promise.resolve() : load(true)) };
 }
 
 function actions(sid, job, refresh) {
@@ -118,7 +120,7 @@ function actions(sid, job, refresh) {
     ? act("disable", `Disable ${job.job_name}? pgAgent will not start it until it is enabled again.`, "Disable")
     : act("enable", `Enable ${job.job_name}? pgAgent runs it again on its schedules.`, "Enable"));
   box.append(runNow, " ", toggle);
-  if (!allowed) box.append(" ", el("span", { class: "muted" }, `Signed in as ${job.viewer || "a viewer"}: only operators and administrators can run, enable or disable jobs.`));
+  if (!allowed) box.append(" ", el("span", { class: "muted" }, `Signed in as ${me.name} (${me.role}): only operators and administrators can run, enable or disable jobs.`));
   return box;
 }
 
@@ -129,10 +131,11 @@ export function showJob(view, sid, jobId, runId) {
   const crumbs = el("nav", { class: "crumbs", "aria-label": "breadcrumb" }, el("a", { href: "#/" }, "Overview"), " › ", server ? server.name : `server ${sid}`, " › ");
   const title = el("h2", { class: "job-title" });
   const headBox = el("div", { class: "job-head" });
+  const alertBox = el("div", { class: "job-alert" });
   const info = el("div", { class: "job-info" });
   const runBox = el("div", { class: "run-box" });
   const runs = runsTable(sid, jobId, zone, runId);
-  view.append(crumbs, title, headBox, runBox, runs.sec, info);
+  view.append(crumbs, title, headBox, alertBox, runBox, runs.sec, info);
   let detail = null;
 
   const renderHead = () => {
@@ -149,9 +152,15 @@ export function showJob(view, sid, jobId, runId) {
     if (job.enabled && job.next_run) facts.append("Next run ", timeEl(job.next_run, zone()), ". ");
     if (job.last_run) facts.append("Last run ", timeEl(job.last_run, zone()), ". ");
     if (zone()) facts.append(`Server time zone: ${zone()}.`);
-    headBox.append(facts, actions(sid, { ...job, viewer: null }, reloadAll));
-    const t = alertToggle(sid, jobId, job.job_name || `job ${jobId}`);
-    if (t) headBox.append(el("div", { class: "alert-line" }, t), statusEditor(sid, jobId, job.job_name || `job ${jobId}`));
+    headBox.append(facts, actions(sid, job, reloadAll));
+  };
+
+  // Apart from the rest, so that a live update never resets boxes being ticked.
+  const renderAlert = () => {
+    clear(alertBox);
+    const what = detail?.job_name || `job ${jobId}`;
+    const t = alertToggle(sid, jobId, what);
+    if (t) alertBox.append(el("div", { class: "alert-line" }, t), statusEditor(sid, jobId, what));
   };
 
   const renderInfo = () => {
@@ -199,20 +208,21 @@ export function showJob(view, sid, jobId, runId) {
   (async () => {
     await reloadAll();
     if (!detail) return;
+    renderAlert();
     renderInfo();
     await Promise.all([runs.reload(), loadRun()]);
   })().catch((e) => notice(e.message, "bad"));
 
   let timer = null;
   const off = onChange((what, u) => {
-    if (what === "subs") { if (detail) renderHead(); return; }
+    if (what === "subs") { if (detail) renderAlert(); return; }
     if (what === "states") { if (detail) renderHead(); return; }
     if (what !== "update" || u.sid !== sid || u.job_id !== jobId) return;
     if (detail) renderHead();
     if (u.kind === "job") { reloadAll(); return; }
     clearTimeout(timer);
     timer = setTimeout(() => {
-      runs.reload().catch(() => {});
+      runs.refresh().catch(() => {});
       if (runId && u.run_id === runId) loadRun().catch(() => {});
     }, 300);
   });
