@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 import re
 import shutil
 import time
@@ -14,8 +16,9 @@ import psycopg
 import pytest
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
 
-from pgagent_watch import samples
-from tests.fix_cluster import Running, unique
+from pgagent_watch import samples, users
+from pgagent_watch.cluster import Cluster
+from tests.fix_cluster import Running, running_service, settings_for, unique, until
 
 pytestmark = [
     pytest.mark.browser,
@@ -312,19 +315,56 @@ async def test_the_overview_of_500_jobs_loads_and_stays_responsive(
     tab.check_clean()
 
 
-async def subscriptions_exist(watch: Running) -> bool:
-    async with httpx.AsyncClient(base_url=watch.url) as http:
-        # 200 once the alerts helper's API is there and lets this user in.
-        return (await http.get("/api/subscriptions")).status_code == 200
+_users = itertools.count(1)
+
+
+@pytest.fixture
+async def signed_in(
+    browser: Browser, cluster: Cluster, db: psycopg.Connection
+) -> AsyncIterator[Tab]:
+    """A tab signed in as an operator, on a service with a state database of
+    its own (so that its users sign nobody else out). Skips until the sign-in
+    page and the subscriptions API are both there."""
+    state_db = f"page_user_{os.getpid()}_{next(_users)}"
+    db.execute(f'CREATE DATABASE "{state_db}"')
+    settings = settings_for(cluster, state_dsn=cluster.dsn(dbname=state_db))
+    async with running_service(settings) as watch:
+        await until(lambda: watch.service.state_ready.is_set(), "state ready")
+        async with httpx.AsyncClient(base_url=watch.url) as http:
+            login = await http.get("/login")
+        if login.status_code != 200:
+            pytest.skip("no sign-in page on this branch yet (auth helper)")
+        password = "a long enough password 42"
+        async with watch.service.state_pool.connection() as conn:
+            await users.create_user(
+                conn, "olga", "operator", email="olga@example.org", password=password
+            )
+        context = await browser.new_context(viewport={"width": 1280, "height": 900})
+        page = await context.new_page()
+        tab = Tab(page, watch.url)
+        await page.goto(watch.url + "/login")
+        await page.locator("input[name=name]").fill("olga")
+        await page.locator("input[name=password]").fill(password)
+        await page.locator("button[type=submit]").click()
+        await page.wait_for_selector("body[data-ready=true]")
+        got = await page.evaluate(
+            "fetch('/api/subscriptions', {credentials: 'same-origin'})"
+            ".then((r) => r.status)"
+        )
+        if got != 200:
+            await context.close()
+            pytest.skip("the subscriptions API is not on this branch yet")
+        try:
+            yield tab
+        finally:
+            await context.close()
 
 
 async def test_a_subscription_toggled_survives_a_reload(
-    tab: Tab, watch: Running, make_job: Callable[..., int]
+    signed_in: Tab, make_job: Callable[..., int]
 ) -> None:
-    if not await subscriptions_exist(watch):
-        pytest.skip("the subscriptions API is not on this branch yet")
     job_id = make_job([samples.Step("1 x", "SELECT 1")])
-    page = await tab.open()
+    page = await signed_in.open()
     toggle = row(page, job_id).locator(".alert-toggle")
     await expect(toggle).to_have_attribute("aria-pressed", "false")
     await toggle.click()
@@ -336,21 +376,18 @@ async def test_a_subscription_toggled_survives_a_reload(
     await expect(row(page, job_id).locator(".alert-toggle")).to_have_attribute(
         "aria-pressed", "true"
     )
-    tab.check_clean()
+    signed_in.check_clean()
 
 
 async def test_a_subscribed_jobs_failure_shows_a_toast(
-    tab: Tab,
-    watch: Running,
+    signed_in: Tab,
     db: psycopg.Connection,
     make_job: Callable[..., int],
     live_agent: Any,
 ) -> None:
-    if not await subscriptions_exist(watch):
-        pytest.skip("the subscriptions API is not on this branch yet")
     name = unique("followed")
     job_id = make_job([samples.Step("1 break", "exit 4", kind="b")], name=name)
-    page = await tab.open()
+    page = await signed_in.open()
     await row(page, job_id).locator(".alert-toggle").click()
     await expect(row(page, job_id).locator(".alert-toggle")).to_have_attribute(
         "aria-pressed", "true"
@@ -361,7 +398,7 @@ async def test_a_subscribed_jobs_failure_shows_a_toast(
     await expect(toast).to_contain_text('at step "1 break"')
     link = await toast.locator("a").get_attribute("href")
     assert link is not None and link.startswith(f"#/servers/1/jobs/{job_id}/runs/")
-    tab.check_clean()
+    signed_in.check_clean()
 
 
 async def test_the_page_fits_a_phone_and_works_from_the_keyboard(

@@ -13,11 +13,12 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import date
-from typing import Annotated, Literal
+from importlib import import_module
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from . import jobs, trends
@@ -53,9 +54,19 @@ def _no_job(job_id: int) -> HTTPException:
     return HTTPException(404, f"no job with id {job_id}")
 
 
-def _operator(service: Service, server_id: int, who: Principal, what: str) -> None:
+async def _operator(
+    service: Service,
+    request: Request,
+    server_id: int,
+    job_id: int,
+    who: Principal,
+    action: str,
+    what: str,
+) -> None:
+    """404 for an invisible server, 403 (audited) for a user who may not act."""
     visible_server(service, server_id, who)
     if not who.can_operate(server_id):
+        await _audit(service, request, who, action, server_id, job_id, ok=False)
         raise HTTPException(
             403,
             f"{who.name} ({who.role.value}) may not {what} on this server:"
@@ -63,10 +74,45 @@ def _operator(service: Service, server_id: int, who: Principal, what: str) -> No
         )
 
 
-def _audit(who: Principal, action: str, server_id: int, job_id: int) -> None:
-    # TODO(lead): call audit.record(...) here once the auth helper's audit
-    # module is on main; until then the log is the record.
-    logger.info("%s: %s job %s of server %s", who.name, action, job_id, server_id)
+def _audit_module() -> Any:
+    # The audit trail is the auth module's; without it the log is the record.
+    try:
+        return import_module(".audit", __package__)
+    except ImportError:
+        return None
+
+
+async def _audit(
+    service: Service,
+    request: Request,
+    who: Principal,
+    action: str,
+    server_id: int,
+    job_id: int,
+    *,
+    ok: bool = True,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    logger.info(
+        "%s: %s job %s of server %s%s",
+        who.name,
+        action,
+        job_id,
+        server_id,
+        "" if ok else " (refused)",
+    )
+    audit = _audit_module()
+    if audit is not None and hasattr(audit, "record"):
+        await audit.record(
+            service,
+            who,
+            action,
+            request=request,
+            server_id=server_id,
+            target=f"job {job_id}",
+            detail=detail,
+            ok=ok,
+        )
 
 
 @router.get("/jobs-summary")
@@ -162,13 +208,17 @@ async def _job_name(conn: AnyConn, job_id: int) -> str:
 
 @router.post("/jobs/{job_id}/run-now")
 async def run_now(
-    server_id: ServerIdPath, job_id: JobIdPath, who: Who, service: ServiceDep
+    server_id: ServerIdPath,
+    job_id: JobIdPath,
+    who: Who,
+    service: ServiceDep,
+    request: Request,
 ) -> JSONResponse:
     """Run the job at pgAgent's next poll (``jobnextrun = now()``, as pgAdmin does).
 
     409 when the job is disabled or running now.
     """
-    _operator(service, server_id, who, "run jobs")
+    await _operator(service, request, server_id, job_id, who, "job.run_now", "run jobs")
     async with _conn(service, server_id, who) as conn:
         name = await _job_name(conn, job_id)
         done = await jobs.run_now(conn, job_id)
@@ -176,7 +226,7 @@ async def run_now(
             state = (await jobs.job_states(conn, job_id))[0]
             why = "it is disabled" if not state["enabled"] else "it is running now"
             raise HTTPException(409, f"{name} was not started: {why}")
-    _audit(who, "run now", server_id, job_id)
+    await _audit(service, request, who, "job.run_now", server_id, job_id)
     return JSONResponse(
         {
             "job_id": job_id,
@@ -193,28 +243,37 @@ async def retry(
     run_id: RunIdPath,
     who: Who,
     service: ServiceDep,
+    request: Request,
 ) -> JSONResponse:
     """Run a job again after a failed run: pgAgent runs the whole job anew."""
-    _operator(service, server_id, who, "retry runs")
+    await _operator(service, request, server_id, job_id, who, "job.retry", "retry runs")
     async with _conn(service, server_id, who) as conn:
         run = await jobs.run_detail(conn, job_id, run_id)
         if run is None:
             raise HTTPException(404, f"no run {run_id} of job {job_id}")
         if run["status"] not in ("f", "i", "d"):
             raise HTTPException(409, f"run {run_id} did not fail: nothing to retry")
-    _audit(who, f"retry run {run_id}", server_id, job_id)
-    return await run_now(server_id, job_id, who, service)
+    await _audit(
+        service, request, who, "job.retry", server_id, job_id, detail={"run_id": run_id}
+    )
+    return await run_now(server_id, job_id, who, service, request)
 
 
 async def _set_enabled(
-    service: Service, server_id: int, job_id: int, who: Principal, enabled: bool
+    service: Service,
+    request: Request,
+    server_id: int,
+    job_id: int,
+    who: Principal,
+    enabled: bool,
 ) -> JSONResponse:
     verb = "enable" if enabled else "disable"
-    _operator(service, server_id, who, f"{verb} jobs")
+    action = f"job.{verb}"
+    await _operator(service, request, server_id, job_id, who, action, f"{verb} jobs")
     async with _conn(service, server_id, who) as conn:
         name = await _job_name(conn, job_id)
         await jobs.set_enabled(conn, job_id, enabled)
-    _audit(who, verb, server_id, job_id)
+    await _audit(service, request, who, action, server_id, job_id)
     return JSONResponse(
         {"job_id": job_id, "enabled": enabled, "message": f"{name} is {verb}d"}
     )
@@ -222,18 +281,26 @@ async def _set_enabled(
 
 @router.post("/jobs/{job_id}/enable")
 async def enable(
-    server_id: ServerIdPath, job_id: JobIdPath, who: Who, service: ServiceDep
+    server_id: ServerIdPath,
+    job_id: JobIdPath,
+    who: Who,
+    service: ServiceDep,
+    request: Request,
 ) -> JSONResponse:
     """Enable a job: pgAgent runs it again on its schedules."""
-    return await _set_enabled(service, server_id, job_id, who, True)
+    return await _set_enabled(service, request, server_id, job_id, who, True)
 
 
 @router.post("/jobs/{job_id}/disable")
 async def disable(
-    server_id: ServerIdPath, job_id: JobIdPath, who: Who, service: ServiceDep
+    server_id: ServerIdPath,
+    job_id: JobIdPath,
+    who: Who,
+    service: ServiceDep,
+    request: Request,
 ) -> JSONResponse:
     """Disable a job: pgAgent no longer starts it (a running run goes on)."""
-    return await _set_enabled(service, server_id, job_id, who, False)
+    return await _set_enabled(service, request, server_id, job_id, who, False)
 
 
 def _zone(name: str) -> ZoneInfo:

@@ -53,7 +53,8 @@ function banner(up, back) {
 async function main() {
   await loadMe();
   const who = document.getElementById("who");
-  who.textContent = me.anonymous ? "" : `${me.name} (${me.role})`;
+  who.textContent = me.anonymous ? "" : `${me.name} (${me.role}) `;
+  if (me.method === "session") who.append(el("a", { href: "/logout" }, "sign out"));
   try { await loadServers(); } catch (e) {
     clear(document.getElementById("view")).append(el("p", { class: "error" }, `Cannot load the servers: ${e.message}`));
     return;

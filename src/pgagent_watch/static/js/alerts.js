@@ -1,7 +1,7 @@
 // Subscriptions ("alert me"), in-page toasts and desktop notifications,
 // and the alerts view (outbox, resend, test mail, the demo's mail catcher).
 
-import { el, clear, api, optional, notice, timeEl, SUB_STATUSES, HEALTH_TEXT, RUN_STATUS } from "./lib.js";
+import { el, clear, api, optional, notice, timeEl, me, SUB_STATUSES, HEALTH_TEXT, RUN_STATUS } from "./lib.js";
 import { store, onChange, subscriptionFor, setSubscription, subscriptionStatus, subscribedTo } from "./store.js";
 
 export const DEFAULT_STATUSES = ["failed", "aborted", "stuck", "overdue", "agent_down"];
@@ -169,7 +169,8 @@ export async function showAlerts(view) {
 
   // Subscriptions.
   const subs = el("section", { class: "subs" }, el("h3", {}, "What you are alerted about"));
-  if (!store.subs) subs.hidden = true;
+  if (!store.subs && me.anonymous && me.method) subs.append(el("p", {}, "Alerts are per user: ", el("a", { href: "/login?next=/%23/alerts" }, "sign in"), " to be alerted."));
+  else if (!store.subs) subs.hidden = true;
   else if (!store.subs.length) subs.append(el("p", {}, "Nothing yet: use “alert me” on a job or a server."));
   else {
     const ul = el("ul");
@@ -218,7 +219,7 @@ export async function showAlerts(view) {
   if (mails !== null) {
     const sec = el("section", { class: "mailcatcher" }, el("h3", {}, "Mail catcher (demo): mails as they arrived"));
     if (!mails.length) sec.append(el("p", {}, "No mail caught yet."));
-    for (const m of [...mails].reverse()) sec.append(mailView(m));
+    for (const m of mails) sec.append(mailView(m));
     view.append(sec);
   }
 }

@@ -30,7 +30,7 @@ export function clear(node) {
 
 // --- Identity and the API ------------------------------------------------------
 
-export const me = { name: "anonymous", role: "admin", email: null, csrf_token: null, servers: null, anonymous: true };
+export const me = { user_id: null, name: "anonymous", role: "admin", email: null, csrf_token: null, servers: null, anonymous: true };
 
 export class ApiError extends Error {
   constructor(status, message) { super(message); this.status = status; }
@@ -46,9 +46,14 @@ export async function api(method, url, body) {
   });
   const type = res.headers.get("content-type") || "";
   const data = type.includes("json") ? await res.json().catch(() => null) : await res.text();
+  if (res.status === 401 && !url.startsWith("/api/me")) {
+    // Signed out (or the session ended): the sign-in page brings us back.
+    location.assign("/login?next=" + encodeURIComponent(location.pathname + location.hash));
+  }
   if (!res.ok) {
     let detail = data && typeof data === "object" ? data.detail : data;
     if (Array.isArray(detail)) detail = detail.map((d) => d.msg).join("; ");
+    else if (detail && typeof detail === "object") detail = detail.error || JSON.stringify(detail);
     throw new ApiError(res.status, detail || `${res.status} ${res.statusText}`);
   }
   return data;
@@ -64,7 +69,7 @@ export async function optional(url) {
 
 export async function loadMe() {
   const got = await optional("/api/me").catch(() => null);
-  if (got) Object.assign(me, got, { anonymous: false });
+  if (got) Object.assign(me, got, { anonymous: got.user_id === null || got.user_id === undefined });
   return me;
 }
 

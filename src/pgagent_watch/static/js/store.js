@@ -1,7 +1,7 @@
 // What the page knows: servers, jobs with their live state, subscriptions,
 // and the socket that keeps them current. Views subscribe with onChange().
 
-import { api, optional, HEALTH_KINDS } from "./lib.js";
+import { api, optional, me, HEALTH_KINDS } from "./lib.js";
 
 export const store = {
   servers: new Map(),   // sid -> {id, name, state, reason, timezone, usual}
@@ -45,6 +45,8 @@ export async function loadServers() {
 }
 
 export async function loadSubscriptions() {
+  // Subscriptions belong to a user: the anonymous administrator has none.
+  if (me.anonymous) { store.subs = null; emit("subs"); return; }
   try { store.subs = await optional("/api/subscriptions"); } catch { store.subs = null; }
   emit("subs");
 }
