@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,14 @@ C7_HEAD = (
 C7_OUTPUT = C7_HEAD + ("0123456789abcdef" * 64 + "\n") * 30
 
 
-async def api(watch: Running) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=watch.url, timeout=30)
+@contextlib.asynccontextmanager
+async def api(watch: Running) -> AsyncIterator[httpx.AsyncClient]:
+    """A client that sends the CSRF token, as the page does, once /api/me has one."""
+    async with httpx.AsyncClient(base_url=watch.url, timeout=30) as http:
+        me = await http.get("/api/me")
+        if me.status_code == 200 and me.json().get("csrf_token"):
+            http.headers["X-CSRF-Token"] = me.json()["csrf_token"]
+        yield http
 
 
 async def wait_run(
@@ -88,7 +95,7 @@ async def test_a_step_output_downloads_exactly_as_written(
     step_run_id, output = stored
     assert output == C7_OUTPUT  # pgAgent keeps the bytes as they were written
 
-    async with await api(watch) as http:
+    async with api(watch) as http:
         base = f"/api/servers/1/jobs/{job_id}/runs/{run_id}"
         run = (await http.get(base)).json()
         step = run["step_runs"][0]
@@ -110,7 +117,7 @@ async def test_runs_page_newest_first_without_overlap(
     seen: list[int] = []
     before: int | None = None
     pages = 0
-    async with await api(watch) as http:
+    async with api(watch) as http:
         while True:
             params: dict[str, Any] = {"limit": 50}
             if before is not None:
@@ -148,7 +155,7 @@ async def test_runs_page_newest_first_without_overlap(
 async def test_bad_ids_and_parameters_are_4xx(
     watch: Running, path: str, code: int
 ) -> None:
-    async with await api(watch) as http:
+    async with api(watch) as http:
         got = await http.get(path)
     assert got.status_code == code, got.text
 
@@ -163,7 +170,7 @@ async def test_a_run_of_another_job_is_not_found(
         "SELECT max(jlgid) FROM pgagent.pga_joblog WHERE jlgjobid = %s", (other,)
     ).fetchone()
     assert row is not None
-    async with await api(watch) as http:
+    async with api(watch) as http:
         got = await http.get(f"/api/servers/1/jobs/{mine}/runs/{row[0]}")
     assert got.status_code == 404
 
@@ -175,7 +182,7 @@ async def test_history_stays_fast_on_a_job_with_a_million_runs(
     job_id = make_job([samples.Step("1 x", "SELECT 1")])
     insert_runs(db, job_id, 1_000_000)
     db.execute("ANALYZE pgagent.pga_joblog")
-    async with await api(watch) as http:
+    async with api(watch) as http:
         url = f"/api/servers/1/jobs/{job_id}/runs"
         first = (await http.get(url, params={"limit": 50})).json()
         timings = []
@@ -217,7 +224,7 @@ async def test_run_now_enable_and_disable_do_what_they_say(
 ) -> None:
     job_id = make_job([samples.Step("1 x", "SELECT 1")])
     base = f"/api/servers/1/jobs/{job_id}"
-    async with await api(watch) as http:
+    async with api(watch) as http:
         got = await http.post(f"{base}/run-now")
         assert got.status_code == 200, got.text
         assert "will start" in got.json()["message"]
@@ -279,7 +286,7 @@ async def test_trends_count_runs_per_day_and_export_csv(
     job_id = make_job([samples.Step("1 x", "SELECT 1")], name=unique("trend"))
     insert_runs(db, job_id, 30)  # the last 30 minutes; every 10th failed
     today = datetime.now(UTC).date()
-    async with await api(watch) as http:
+    async with api(watch) as http:
         got = (
             await http.get(f"/api/servers/1/jobs/{job_id}/trends", params={"days": 7})
         ).json()
@@ -338,7 +345,7 @@ async def test_a_megabyte_of_output_comes_over_http_never_on_the_socket(
     ).fetchone()
     assert row is not None and row[2] > 1_000_000
     run_id, step_run_id, size = row
-    async with await api(watch) as http:
+    async with api(watch) as http:
         base = f"/api/servers/1/jobs/{job_id}/runs/{run_id}"
         run = (await http.get(base)).json()
         assert run["step_runs"][0]["output_truncated"] is True
