@@ -1,6 +1,6 @@
 // The overview: every job of every server, grouped by server, live.
 
-import { el, clear, timeEl, fmtDuration, fmtElapsed, runBadge, badge, RUN_STATUS, HEALTH_TEXT } from "./lib.js";
+import { el, clear, timeEl, fmtTime, fmtDuration, fmtElapsed, runBadge, badge, RUN_STATUS, HEALTH_TEXT } from "./lib.js";
 import { store, onChange, key, subscriptionFor } from "./store.js";
 import { alertToggle } from "./alerts.js";
 
@@ -76,7 +76,13 @@ function statusCell(job) {
   }
   td.append(b);
   if (job.status === "r" && job.current_step) td.append(" ", el("span", { class: "step" }, job.current_step));
-  for (const h of job.health || []) td.append(" ", badge("health " + h, HEALTH_TEXT[h] || h));
+  for (const h of job.health || []) {
+    const b2 = badge("health " + h, HEALTH_TEXT[h] || h);
+    const info = job.healthInfo && job.healthInfo[h];
+    const since = info && (info.since || info.opened_at);
+    if (since) b2.title = `${HEALTH_TEXT[h] || h} since ${fmtTime(since, true)}`;
+    td.append(" ", b2);
+  }
   return td;
 }
 

@@ -24,6 +24,7 @@ function setJob(sid, job) {
   const old = store.jobs.get(k);
   const health = new Set(Array.isArray(job.health) ? job.health.map((h) => (typeof h === "string" ? h : h.kind)) : old ? old.health : []);
   const merged = { ...old, ...job, sid, health };
+  if (Array.isArray(job.health)) merged.healthInfo = Object.fromEntries(job.health.filter((h) => h && h.kind).map((h) => [h.kind, h]));
   if (!old || old.status !== "r" || job.status !== "r") merged.last_result = job.status !== "r" ? job.status : old?.last_result ?? null;
   store.jobs.set(k, merged);
   return merged;
@@ -31,7 +32,11 @@ function setJob(sid, job) {
 
 export async function loadServers() {
   const list = await api("GET", "/api/servers");
-  for (const s of list) store.servers.set(s.id, { ...(store.servers.get(s.id) || {}), ...s });
+  for (const s of list) {
+    store.servers.set(s.id, { ...(store.servers.get(s.id) || {}), ...s });
+    // An agent down is a condition of the server, not of one job.
+    if (s.health && s.health.agent_down) store.serverHealth.set(s.id, new Set(["agent_down"]));
+  }
   await Promise.all(list.map(async (s) => {
     const [jobs, summary] = await Promise.all([
       api("GET", `/api/servers/${s.id}/jobs`).catch(() => []),
