@@ -404,7 +404,9 @@ async def test_a_subscribed_jobs_failure_shows_a_toast(
 async def test_the_page_fits_a_phone_and_works_from_the_keyboard(
     browser: Browser, watch: Running, make_job: Callable[..., int]
 ) -> None:
-    job_id = make_job([samples.Step("1 x", "SELECT 1")], name=unique("a-phone"))
+    # One long word of a name must wrap, not widen the page.
+    name = unique("a-phone") + "_" + "x" * 90
+    job_id = make_job([samples.Step("1 x", "SELECT 1")], name=name)
     context = await browser.new_context(
         viewport={"width": 390, "height": 800}, is_mobile=True
     )
@@ -440,5 +442,5 @@ async def test_trends_draw_charts_with_a_csv_and_absent_apis_hide_their_panels(
     assert len(csv.text.splitlines()) == 31
     await page.goto(watch.url + "/#/alerts")
     await expect(page.locator("main h2")).to_have_text("Alerts")
-    assert await page.locator("main .error").count() == 0
+    assert await page.locator("main p.error").count() == 0
     tab.check_clean()

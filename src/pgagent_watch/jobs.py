@@ -147,20 +147,9 @@ class RunsPage(TypedDict):
     next_before: int | None
 
 
-async def _one(
-    conn: AnyConn, query: str, params: tuple[Any, ...]
-) -> dict[str, Any] | None:
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(query, params)
-        return await cur.fetchone()
-
-
-async def _all(
-    conn: AnyConn, query: str, params: tuple[Any, ...]
-) -> list[dict[str, Any]]:
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(query, params)
-        return await cur.fetchall()
+def _rows(conn: AnyConn) -> psycopg.AsyncCursor[dict[str, Any]]:
+    """A cursor whose rows are dicts; every query it runs is a constant here."""
+    return conn.cursor(row_factory=dict_row)
 
 
 async def job_detail(conn: AnyConn, job_id: int) -> dict[str, Any] | None:
@@ -171,11 +160,15 @@ async def job_detail(conn: AnyConn, job_id: int) -> dict[str, Any] | None:
     """
     from . import schedules
 
-    job = await _one(conn, _JOB, (job_id,))
-    if job is None:
-        return None
-    job["steps"] = await _all(conn, _STEPS, (job_id,))
-    rows = await _all(conn, _SCHEDULES, (job_id,))
+    async with _rows(conn) as cur:
+        await cur.execute(_JOB, (job_id,))
+        job = await cur.fetchone()
+        if job is None:
+            return None
+        await cur.execute(_STEPS, (job_id,))
+        job["steps"] = await cur.fetchall()
+        await cur.execute(_SCHEDULES, (job_id,))
+        rows = await cur.fetchall()
     out = []
     for row in rows:
         exceptions = [
@@ -223,9 +216,11 @@ async def runs(
 
     ``next_before`` is the ``before`` of the next (older) page, None at the end.
     """
-    rows = await _all(
-        conn, _RUNS, (job_id, MAX_ID if before is None else before, limit + 1)
-    )
+    async with _rows(conn) as cur:
+        await cur.execute(
+            _RUNS, (job_id, MAX_ID if before is None else before, limit + 1)
+        )
+        rows = await cur.fetchall()
     more = len(rows) > limit
     rows = rows[:limit]
     return {"runs": rows, "next_before": rows[-1]["run_id"] if more else None}
@@ -233,16 +228,18 @@ async def runs(
 
 async def run_detail(conn: AnyConn, job_id: int, run_id: int) -> dict[str, Any] | None:
     """One run of a job with its step runs (output cut at OUTPUT_PREVIEW)."""
-    run = await _one(
-        conn,
-        "SELECT jlgid AS run_id, jlgjobid AS job_id, jlgstatus AS status,"
-        " jlgstart AS start, extract(epoch FROM jlgduration)::float8 AS duration"
-        " FROM pgagent.pga_joblog WHERE jlgid = %s AND jlgjobid = %s",
-        (run_id, job_id),
-    )
-    if run is None:
-        return None
-    steps = await _all(conn, _STEP_RUNS, (OUTPUT_PREVIEW, run_id))
+    async with _rows(conn) as cur:
+        await cur.execute(
+            "SELECT jlgid AS run_id, jlgjobid AS job_id, jlgstatus AS status,"
+            " jlgstart AS start, extract(epoch FROM jlgduration)::float8 AS duration"
+            " FROM pgagent.pga_joblog WHERE jlgid = %s AND jlgjobid = %s",
+            (run_id, job_id),
+        )
+        run = await cur.fetchone()
+        if run is None:
+            return None
+        await cur.execute(_STEP_RUNS, (OUTPUT_PREVIEW, run_id))
+        steps = await cur.fetchall()
     for s in steps:
         s["output_truncated"] = s["output_length"] > OUTPUT_PREVIEW
     run["step_runs"] = steps
@@ -253,16 +250,17 @@ async def step_run_output(
     conn: AnyConn, job_id: int, run_id: int, step_run_id: int
 ) -> tuple[str, str] | None:
     """(step name, whole output) of one step run of this job's run, or None."""
-    row = await _one(
-        conn,
-        "SELECT coalesce(st.jstname, '') AS step_name,"
-        " coalesce(sl.jsloutput, '') AS output"
-        " FROM pgagent.pga_jobsteplog sl"
-        " JOIN pgagent.pga_joblog r ON r.jlgid = sl.jsljlgid"
-        " LEFT JOIN pgagent.pga_jobstep st ON st.jstid = sl.jsljstid"
-        " WHERE sl.jslid = %s AND sl.jsljlgid = %s AND r.jlgjobid = %s",
-        (step_run_id, run_id, job_id),
-    )
+    async with _rows(conn) as cur:
+        await cur.execute(
+            "SELECT coalesce(st.jstname, '') AS step_name,"
+            " coalesce(sl.jsloutput, '') AS output"
+            " FROM pgagent.pga_jobsteplog sl"
+            " JOIN pgagent.pga_joblog r ON r.jlgid = sl.jsljlgid"
+            " LEFT JOIN pgagent.pga_jobstep st ON st.jstid = sl.jsljstid"
+            " WHERE sl.jslid = %s AND sl.jsljlgid = %s AND r.jlgjobid = %s",
+            (step_run_id, run_id, job_id),
+        )
+        row = await cur.fetchone()
     if row is None:
         return None
     return row["step_name"], row["output"]
@@ -277,13 +275,14 @@ async def run_now(conn: AnyConn, job_id: int) -> dict[str, Any] | None:
     Returns the job's enabled flag and agent pid after the update, or None
     when there is no such job. A disabled job is not touched.
     """
-    return await _one(
-        conn,
-        "UPDATE pgagent.pga_job SET jobnextrun = now()"
-        " WHERE jobid = %s AND jobenabled AND jobagentid IS NULL"
-        " RETURNING jobid AS job_id, jobnextrun AS next_run",
-        (job_id,),
-    )
+    async with _rows(conn) as cur:
+        await cur.execute(
+            "UPDATE pgagent.pga_job SET jobnextrun = now()"
+            " WHERE jobid = %s AND jobenabled AND jobagentid IS NULL"
+            " RETURNING jobid AS job_id, jobnextrun AS next_run",
+            (job_id,),
+        )
+        return await cur.fetchone()
 
 
 async def set_enabled(conn: AnyConn, job_id: int, enabled: bool) -> bool:
@@ -309,8 +308,11 @@ FROM pgagent.pga_job j
 
 async def summary(conn: AnyConn) -> dict[str, Any]:
     """The server's TimeZone and each job's usual duration in seconds."""
-    zone = await _one(conn, "SELECT current_setting('TimeZone') AS tz", ())
-    rows = await _all(conn, _USUAL, ())
+    async with _rows(conn) as cur:
+        await cur.execute("SELECT current_setting('TimeZone') AS tz")
+        zone = await cur.fetchone()
+        await cur.execute(_USUAL)
+        rows = await cur.fetchall()
     return {
         "server_timezone": zone["tz"] if zone else None,
         "usual_duration": {
