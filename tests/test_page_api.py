@@ -55,6 +55,13 @@ async def wait_run(
     raise AssertionError(f"job {job_id} did not finish a run")
 
 
+def delete_runs(db: psycopg.Connection, job_id: int) -> None:
+    """Remove what insert_runs wrote (it has no step runs to cascade to)."""
+    with db.transaction():
+        db.execute("SET LOCAL session_replication_role = replica")
+        db.execute("DELETE FROM pgagent.pga_joblog WHERE jlgjobid = %s", (job_id,))
+
+
 def insert_runs(db: psycopg.Connection, job_id: int, n: int) -> None:
     """n finished runs of a job written straight into pga_joblog, triggers off.
 
@@ -181,39 +188,45 @@ async def test_history_stays_fast_on_a_job_with_a_million_runs(
 ) -> None:
     job_id = make_job([samples.Step("1 x", "SELECT 1")])
     insert_runs(db, job_id, 1_000_000)
-    db.execute("ANALYZE pgagent.pga_joblog")
-    async with api(watch) as http:
-        url = f"/api/servers/1/jobs/{job_id}/runs"
-        first = (await http.get(url, params={"limit": 50})).json()
-        timings = []
-        before = first["next_before"]
-        for _ in range(5):
+    try:
+        db.execute("ANALYZE pgagent.pga_joblog")
+        async with api(watch) as http:
+            url = f"/api/servers/1/jobs/{job_id}/runs"
+            first = (await http.get(url, params={"limit": 50})).json()
+            timings = []
+            before = first["next_before"]
+            for _ in range(5):
+                start = time.perf_counter()
+                page = (
+                    await http.get(url, params={"limit": 50, "before": before})
+                ).json()
+                timings.append(time.perf_counter() - start)
+                before = page["next_before"]
+            # Deep in the history: the 900,000th run (once to warm the cache).
+            await http.get(url, params={"limit": 50, "before": before - 900_000})
             start = time.perf_counter()
-            page = (await http.get(url, params={"limit": 50, "before": before})).json()
+            deep = await http.get(url, params={"limit": 50, "before": before - 900_000})
             timings.append(time.perf_counter() - start)
-            before = page["next_before"]
-        # Deep in the history: the 900,000th run.
-        deep = await http.get(url, params={"limit": 50, "before": before - 900_000})
-        start = time.perf_counter()
-        deep = await http.get(url, params={"limit": 50, "before": before - 900_000})
-        timings.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        detail = await http.get(f"/api/servers/1/jobs/{job_id}")
-        timings.append(time.perf_counter() - start)
-        other = {}
-        for what, path in [
-            ("summary", "/api/servers/1/jobs-summary"),
-            ("job trends 30 d", f"/api/servers/1/jobs/{job_id}/trends?days=30"),
-            ("server trends 90 d", "/api/servers/1/trends?days=90"),
-        ]:
             start = time.perf_counter()
-            assert (await http.get(path)).status_code == 200
-            other[what] = round((time.perf_counter() - start) * 1000)
-    assert len(deep.json()["runs"]) == 50 and detail.status_code == 200
-    print(f"runs pages on 1M runs: {[round(t * 1000, 1) for t in timings]} ms")
-    print(f"on 1M runs, in ms: {other}")
-    assert max(timings) < 0.25
-    assert max(other.values()) < 5000
+            detail = await http.get(f"/api/servers/1/jobs/{job_id}")
+            timings.append(time.perf_counter() - start)
+            other = {}
+            for what, path in [
+                ("summary", "/api/servers/1/jobs-summary"),
+                ("job trends 30 d", f"/api/servers/1/jobs/{job_id}/trends?days=30"),
+                ("server trends 90 d", "/api/servers/1/trends?days=90"),
+            ]:
+                start = time.perf_counter()
+                assert (await http.get(path)).status_code == 200
+                other[what] = round((time.perf_counter() - start) * 1000)
+        assert len(deep.json()["runs"]) == 50 and detail.status_code == 200
+        print(f"runs pages on 1M runs: {[round(t * 1000, 1) for t in timings]} ms")
+        print(f"on 1M runs, in ms: {other}")
+        assert max(timings) < 0.25
+        assert max(other.values()) < 5000
+    finally:
+        # A million rows would slow every later test that reads the history.
+        delete_runs(db, job_id)
 
 
 async def test_run_now_enable_and_disable_do_what_they_say(
