@@ -184,6 +184,10 @@ export async function showAlerts(view) {
     }
     subs.append(ul);
   }
+  if (store.subs) {
+    // Every job of a server at once, with the statuses to alert on.
+    for (const server of store.servers.values()) subs.append(statusEditor(server.id, null, `every job of ${server.name}`));
+  }
   view.append(subs);
 
   // The outbox.
