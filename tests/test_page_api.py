@@ -365,3 +365,30 @@ async def test_a_megabyte_of_output_comes_over_http_never_on_the_socket(
         assert run["step_runs"][0]["output_bytes"] == size
         whole = await http.get(f"{base}/step-runs/{step_run_id}/output")
     assert len(whole.content) == size and whole.text.count(marker) == 20000
+
+
+async def test_a_schedule_pgagent_cannot_compute_does_not_hide_the_job(
+    watch: Running, db: psycopg.Connection, make_job: Callable[..., int]
+) -> None:
+    # pga_next_schedule builds "YYYY-2-30" for "the 30th, in February" and
+    # raises; the job's page still opens, and says so.
+    job_id = make_job([samples.Step("1 x", "SELECT 1")], enabled=False)
+    with db.transaction():
+        db.execute("SET LOCAL session_replication_role = replica")
+        db.execute(
+            "INSERT INTO pgagent.pga_schedule (jscjobid, jscname, jscminutes,"
+            " jscmonthdays, jscmonths) VALUES (%s, 'never', %s, %s, %s)",
+            (
+                job_id,
+                [m == 0 for m in range(60)],
+                [d == 29 for d in range(32)],
+                [m == 1 for m in range(12)],
+            ),
+        )
+    async with api(watch) as http:
+        got = await http.get(f"/api/servers/1/jobs/{job_id}")
+    assert got.status_code == 200, got.text
+    (schedule,) = got.json()["schedules"]
+    assert schedule["next_run"] is None
+    assert "out of range" in schedule["next_run_error"]
+    assert schedule["words"].startswith("every hour, on the 30th day of the month")

@@ -91,18 +91,24 @@ FROM pgagent.pga_jobstep WHERE jstjobid = %s
 ORDER BY jstname, jstid
 """
 
-# pgAgent's own function says when each schedule fires next.
 _SCHEDULES = """
 SELECT s.jscid, s.jscname, s.jscdesc, s.jscenabled, s.jscstart, s.jscend,
        s.jscminutes, s.jschours, s.jscweekdays, s.jscmonthdays, s.jscmonths,
-       pgagent.pga_next_schedule(s.jscid, s.jscstart, s.jscend, s.jscminutes,
-           s.jschours, s.jscweekdays, s.jscmonthdays, s.jscmonths) AS next_run,
        coalesce((SELECT json_agg(json_build_object(
                      'date', e.jexdate, 'time', e.jextime) ORDER BY e.jexid)
                  FROM pgagent.pga_exception e WHERE e.jexscid = s.jscid),
                 '[]'::json) AS exceptions
 FROM pgagent.pga_schedule s WHERE s.jscjobid = %s
 ORDER BY s.jscname, s.jscid
+"""
+
+# pgAgent's own function says when a schedule fires next. It is asked one
+# schedule at a time: for some schedules it raises (it builds "2027-2-29" for
+# a February without a 29th), and one such schedule must not hide the job.
+_NEXT_RUN = """
+SELECT pgagent.pga_next_schedule(jscid, jscstart, jscend, jscminutes, jschours,
+                                 jscweekdays, jscmonthdays, jscmonths) AS next_run
+FROM pgagent.pga_schedule WHERE jscid = %s
 """
 
 # Keyset pagination on the (jlgjobid, jlgid) index: the same cost on page
@@ -152,6 +158,17 @@ def _rows(conn: AnyConn) -> psycopg.AsyncCursor[dict[str, Any]]:
     return conn.cursor(row_factory=dict_row)
 
 
+async def _next_run(conn: AnyConn, schedule_id: int) -> tuple[Any, str | None]:
+    """(next run, None) as pgAgent computes it, or (None, its error's text)."""
+    try:
+        async with _rows(conn) as cur:
+            await cur.execute(_NEXT_RUN, (schedule_id,))
+            row = await cur.fetchone()
+    except psycopg.DataError as exc:
+        return None, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return (row["next_run"] if row else None), None
+
+
 async def job_detail(conn: AnyConn, job_id: int) -> dict[str, Any] | None:
     """A job with its steps and schedules (in words), or None if there is none.
 
@@ -179,6 +196,7 @@ async def job_detail(conn: AnyConn, job_id: int) -> dict[str, Any] | None:
             for e in row["exceptions"]
         ]
         schedule = schedules.Schedule.from_row(row, exceptions)
+        next_run, next_error = await _next_run(conn, row["jscid"])
         out.append(
             {
                 "schedule_id": row["jscid"],
@@ -187,7 +205,8 @@ async def job_detail(conn: AnyConn, job_id: int) -> dict[str, Any] | None:
                 "enabled": row["jscenabled"],
                 "start": row["jscstart"],
                 "end": row["jscend"],
-                "next_run": row["next_run"],
+                "next_run": next_run,
+                "next_run_error": next_error,
                 "words": schedules.describe(schedule, job["server_timezone"]),
                 "exceptions": row["exceptions"],
             }

@@ -9,7 +9,14 @@ server's ``TimeZone`` (pgAgent builds them as text and casts them there).
 
 ``describe`` says it in words, as the page shows it; ``next_run`` finds the
 next minute that fires, following the rules of ``pgagent.pga_next_schedule``
-(the tests compare the two on the real function).
+(the tests compare the two on the real function). The page shows the next
+run that pgAgent's own function computes, because that is when pgAgent runs
+the job, and pgAgent 4.2's function departs from its own rules in two ways
+that ``next_run`` does not copy: when the search rolls over into a later
+hour or day, it starts at the current minute of the clock, so earlier
+minutes of that hour are skipped (minutes :03 and :47 of 04:00, asked at
+10:14, give 04:47); and for a month day that a month lacks (the 30th in
+February) it raises instead of moving on.
 """
 
 from __future__ import annotations

@@ -182,6 +182,7 @@ export function showJob(view, sid, jobId, runId) {
     for (const s of detail.schedules) {
       const li = el("li", { class: s.enabled ? "" : "disabled" }, el("strong", {}, s.name), ": ", el("span", { class: "words" }, s.words));
       if (s.next_run) li.append(" — next ", timeEl(s.next_run, zone()));
+      else if (s.next_run_error) li.append(" — ", el("span", { class: "error" }, `pgAgent cannot compute its next run: ${s.next_run_error}`));
       if (!s.enabled) li.append(" (disabled)");
       if (s.end) li.append(", until ", timeEl(s.end, zone()));
       ul.append(li);
