@@ -444,3 +444,37 @@ async def test_trends_draw_charts_with_a_csv_and_absent_apis_hide_their_panels(
     await expect(page.locator("main h2")).to_have_text("Alerts")
     assert await page.locator("main p.error").count() == 0
     tab.check_clean()
+
+
+async def test_a_caught_mail_shows_as_it_arrived_in_a_frame_that_runs_nothing(
+    browser: Browser, cluster: Cluster
+) -> None:
+    settings = settings_for(cluster, alerts={"mail_catcher": True})
+    async with running_service(settings) as watch:
+        await until(lambda: watch.service.state_ready.is_set(), "state ready")
+        context = await browser.new_context(viewport={"width": 1280, "height": 900})
+        try:
+            tab = Tab(await context.new_page(), watch.url)
+            page = await tab.open("#/alerts")
+            await page.locator("form.test-mail input[name=to]").fill("ops@example.org")
+            await page.locator("form.test-mail button[type=submit]").click()
+            await expect(page.locator(".toast.ok")).to_contain_text("ops@example.org")
+            await page.reload()
+            await page.wait_for_selector("body[data-ready=true]")
+            mail = page.locator(".mailcatcher article.mail").first
+            await expect(mail).to_contain_text("ops@example.org")
+            frame = mail.locator("iframe.mail-html")
+            assert await frame.get_attribute("sandbox") == ""
+            src = await frame.get_attribute("src")
+            assert src is not None and src.startswith("/api/mailcatcher/")
+            body = page.frame_locator(".mailcatcher iframe.mail-html").first
+            await expect(body.locator("body")).not_to_be_empty()
+            async with httpx.AsyncClient(base_url=watch.url) as http:
+                got = await http.get(src)
+            csp = got.headers["content-security-policy"]
+            assert "sandbox" in csp and "default-src 'none'" in csp
+            assert "script-src" not in csp
+            assert await page.locator(".mailcatcher").count() == 1
+            tab.check_clean()
+        finally:
+            await context.close()

@@ -144,6 +144,7 @@ function mailView(mail) {
     // styles; a same-origin html_url served with its own CSP keeps them.
     const frame = el("iframe", { sandbox: "", title: `mail: ${mail.subject || ""}`, class: "mail-html", referrerpolicy: "no-referrer" });
     if (mail.html_url && String(mail.html_url).startsWith("/")) frame.src = mail.html_url;
+    else if (Number.isInteger(mail.id)) frame.src = `/api/mailcatcher/${mail.id}/html`;
     else frame.srcdoc = mail.html;
     art.append(frame);
   }
@@ -154,13 +155,19 @@ function mailView(mail) {
   return art;
 }
 
-export async function showAlerts(view) {
-  clear(view);
+let generation = 0;
+
+export async function showAlerts(target) {
+  // Built in a box of its own: a second visit while this one still loads
+  // replaces the box, and the late answers land in the discarded one.
+  const gen = ++generation;
+  const view = el("div", { class: "alerts-view" });
+  clear(target).append(view);
   view.append(el("h2", {}, "Alerts"));
   const perm = el("p", { class: "perm" });
   if ("Notification" in window && Notification.permission === "default") {
     const b = el("button", { type: "button" }, "Allow desktop notifications");
-    b.addEventListener("click", () => Notification.requestPermission().then(() => showAlerts(view)));
+    b.addEventListener("click", () => Notification.requestPermission().then(() => showAlerts(target)));
     perm.append("Desktop notifications show when this tab is in the background. ", b);
   } else if ("Notification" in window) {
     perm.append(`Desktop notifications: ${Notification.permission === "granted" ? "on (when this tab is in the background)" : "blocked in this browser"}.`);
@@ -179,7 +186,7 @@ export async function showAlerts(view) {
       const job = s.job_id ? store.jobs.get(`${s.server_id}:${s.job_id}`) : null;
       const what = s.job_id ? el("a", { href: `#/servers/${s.server_id}/jobs/${s.job_id}` }, job ? job.job_name : `job ${s.job_id}`) : `every job of ${server ? server.name : s.server_id}`;
       const del = el("button", { type: "button" }, "Stop");
-      del.addEventListener("click", async () => { await setSubscription(s.server_id, s.job_id ?? null, []); showAlerts(view); });
+      del.addEventListener("click", async () => { await setSubscription(s.server_id, s.job_id ?? null, []); showAlerts(target); });
       ul.append(el("li", {}, what, `: ${s.statuses.join(", ")} by ${s.channel || "email"} `, del));
     }
     subs.append(ul);
@@ -220,6 +227,7 @@ export async function showAlerts(view) {
 
   // The demo's mail catcher.
   const mails = await optional("/api/mailcatcher").catch(() => null);
+  if (gen !== generation) return;
   if (mails !== null) {
     const sec = el("section", { class: "mailcatcher" }, el("h3", {}, "Mail catcher (demo): mails as they arrived"));
     if (!mails.length) sec.append(el("p", {}, "No mail caught yet."));
