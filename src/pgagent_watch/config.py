@@ -137,6 +137,39 @@ class CaptureSettings(_Strict):
     prune_interval: float = Field(default=3600, gt=0)
 
 
+class DetectSettings(_Strict):
+    """Health detection (detect.py): what counts as down, overdue, stuck, flapping.
+
+    Times are in seconds. Per-job values set through the API
+    (``/api/servers/{id}/jobs/{job_id}/health-settings``) win over these.
+    """
+
+    enabled: bool = True
+    # One read of the server per interval, and soon after a relevant event,
+    # but never more often than min_interval.
+    interval: float = Field(default=30, gt=0)
+    min_interval: float = Field(default=1, ge=0)
+    # No live agent for this long, while a job is scheduled: agent down.
+    agent_grace: float = Field(default=60, ge=0)
+    # A next run this far in the past with no run started: overdue.
+    overdue_grace: float = Field(default=300, ge=0)
+    # A run is stuck after stuck_multiple times the stuck_percentile of the
+    # durations of its job's last stuck_history finished runs (at least
+    # stuck_min_runs of them), and never before stuck_floor; with less
+    # history, after stuck_default (0: never).
+    stuck_multiple: float = Field(default=3, gt=0)
+    stuck_percentile: float = Field(default=0.95, gt=0, le=1)
+    stuck_floor: float = Field(default=300, ge=0)
+    stuck_history: int = Field(default=20, ge=1, le=1000)
+    stuck_min_runs: int = Field(default=5, ge=1, le=1000)
+    stuck_default: float = Field(default=3600, ge=0)
+    # flapping_changes changes between success and failure among the runs
+    # that started within flapping_window: flapping, until at most half as
+    # many changes are left in the window.
+    flapping_window: float = Field(default=3600, gt=0)
+    flapping_changes: int = Field(default=4, ge=2, le=500)
+
+
 class Settings(BaseSettings):
     """Everything pgagent-watch reads at start-up."""
 
@@ -154,6 +187,7 @@ class Settings(BaseSettings):
     web: WebSettings = WebSettings()
     listener: ListenerSettings = ListenerSettings()
     capture: CaptureSettings = CaptureSettings()
+    detect: DetectSettings = DetectSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="after")

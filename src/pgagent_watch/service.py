@@ -19,6 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 from . import capture, jobs, state, users
 from .access import ANONYMOUS, Principal
 from .config import ServerConfig, Settings
+from .detect import Detector, JobSettingStore
 from .hub import Hub
 from .listener import Listener
 from .push import PgAgentNamespace, Pusher
@@ -34,6 +35,7 @@ class MonitoredServer:
     config: ServerConfig
     listener: Listener
     pool: AsyncConnectionPool
+    detector: Detector | None = None
 
     def public(self) -> dict[str, Any]:
         """What anyone allowed to see this server may know of it."""
@@ -43,6 +45,7 @@ class MonitoredServer:
             "name": self.config.name,
             "state": status.state.value,
             "reason": status.reason,
+            "health": self.detector.counts() if self.detector else None,
         }
 
 
@@ -95,6 +98,21 @@ class Service:
         )
         self.state_ready = asyncio.Event()
         self.state_error: str | None = None
+        # Health detection: one detector per server, a hub consumer too.
+        self.job_settings = JobSettingStore(self.state_pool, self.state_ready)
+        self.detectors: dict[int, Detector] = {}
+        if settings.detect.enabled:
+            for server in self.servers.values():
+                server.detector = Detector(
+                    server.id,
+                    server.config.name,
+                    server.listener,
+                    server.pool,
+                    settings.detect,
+                    self.job_settings,
+                )
+                self.detectors[server.id] = server.detector
+                self.hub.add(server.detector)
         self._users_exist: tuple[float, bool] = (0.0, False)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.started = False
@@ -117,6 +135,8 @@ class Service:
         for server in self.servers.values():
             await server.pool.open(wait=False)
             self.spawn(server.listener.run(), f"listener-{server.config.name}")
+            if server.detector is not None:
+                self.spawn(server.detector.run(), f"detect-{server.config.name}")
         self.spawn(self._prune_loop(), "prune")
         logger.info("watching %d servers", len(self.servers))
 
@@ -227,15 +247,29 @@ class Service:
     async def job_states(
         self, server_id: int, job_id: int | None = None
     ) -> list[jobs.JobState]:
-        """The jobs of a server with their latest run, read through its pool."""
+        """The jobs of a server with their latest run, read through its pool.
+
+        Each job also has ``health``: its open conditions (stuck, overdue,
+        flapping), an empty list when detection is off.
+        """
         server = self.servers[server_id]
         async with server.pool.connection(timeout=5) as conn:
-            return await jobs.job_states(conn, job_id)
+            states = await jobs.job_states(conn, job_id)
+        conditions = await server.detector.conditions() if server.detector else []
+        for job in states:
+            job["health"] = [
+                c.as_dict() for c in conditions if c.job_id == job["job_id"]
+            ]
+        return states
 
     def health(self) -> dict[str, Any]:
         """Each listener's state; no connection string, no secret."""
         servers = {
-            str(s.id): {"name": s.config.name, **s.listener.status.as_dict()}
+            str(s.id): {
+                "name": s.config.name,
+                **s.listener.status.as_dict(),
+                "detect": s.detector.status() if s.detector else None,
+            }
             for s in self.servers.values()
         }
         ok = all(
