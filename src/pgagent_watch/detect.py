@@ -361,9 +361,16 @@ def evaluate(
     def add(finding: Finding) -> None:
         found[finding.key] = finding
 
-    needs_agent = any(
-        (j.enabled and j.next_run is not None) or j.running for j in snap.jobs
-    )
+    # Down once a job is scheduled (or running) with no agent alive; once
+    # reported, it stays down while any job is enabled, so that the instant
+    # between a new agent aborting the old runs and registering itself is
+    # not "back to normal".
+    if ("agent_down", None, None) in open_keys:
+        needs_agent = any(j.enabled or j.running for j in snap.jobs)
+    else:
+        needs_agent = any(
+            (j.enabled and j.next_run is not None) or j.running for j in snap.jobs
+        )
     if not alive and needs_agent and (no_agent_for or 0.0) >= settings.agent_grace:
         last = snap.agents[0] if snap.agents else last_agent
         down_since = now - timedelta(seconds=no_agent_for or 0.0)
@@ -483,7 +490,7 @@ def _end_extra(cond: Condition, snap: Snapshot) -> dict[str, Any]:
                 reason="agent alive", host=_short(alive[0].host), pid=alive[0].pid
             )
         else:
-            extra["reason"] = "no job needs an agent"
+            extra["reason"] = "no job enabled"
     elif job is None:
         extra["reason"] = "job disabled or deleted"
     elif cond.kind == "stuck":
