@@ -138,13 +138,15 @@ FROM pgagent.pga_jobagent a ORDER BY a.jaglogintime DESC
 """
 
 # The latest derived event of each condition; those that are a 'start' are
-# open. Read when detection (re)starts, not on every tick.
+# open. Read when detection (re)starts, not on every tick, through capture's
+# partial index on derived events (the kinds are DERIVED_KINDS, written out
+# so that the planner can match the index's predicate).
 _OPEN = """
 SELECT DISTINCT ON (e.kind, e.job_id, e.jlgid)
        e.id, e.kind, e.job_id, e.jlgid, e.status, e.at, e.extra, j.jobname
 FROM pgagent_watch.event e
 LEFT JOIN pgagent.pga_job j ON j.jobid = e.job_id
-WHERE e.kind = ANY(%s)
+WHERE e.kind IN ('agent_down', 'overdue', 'stuck', 'flapping')
 ORDER BY e.kind, e.job_id, e.jlgid, e.id DESC
 """
 
@@ -575,7 +577,7 @@ async def read_agents(conn: AnyConn) -> list[AgentInfo]:
 
 async def read_open(conn: AnyConn) -> dict[Key, Condition]:
     """The conditions whose latest event in the event table is a start."""
-    cur = await conn.execute(_OPEN, (list(DERIVED_KINDS),))
+    cur = await conn.execute(_OPEN)
     out: dict[Key, Condition] = {}
     for event_id, kind, job_id, run_id, status, at, extra, name in await cur.fetchall():
         if status == "start":

@@ -30,6 +30,10 @@ CREATE TABLE IF NOT EXISTS pgagent_watch.event (
 CREATE INDEX IF NOT EXISTS event_xid ON pgagent_watch.event (xid);
 -- BRIN: nearly free on insert, enough to find the rows to prune.
 CREATE INDEX IF NOT EXISTS event_at ON pgagent_watch.event USING brin (at);
+-- Health detection finds its open conditions (the latest event of each)
+-- here; only derived events are indexed, so capture's inserts pay nothing.
+CREATE INDEX IF NOT EXISTS event_derived ON pgagent_watch.event (kind, job_id, jlgid, id)
+    WHERE kind IN ('agent_down', 'overdue', 'stuck', 'flapping');
 
 CREATE OR REPLACE FUNCTION pgagent_watch.notify(p_id bigint, p_payload text)
 RETURNS void LANGUAGE plpgsql AS $fn$
