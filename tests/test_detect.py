@@ -465,6 +465,39 @@ async def test_a_jobs_own_maximum_set_through_the_api_makes_its_long_run_stuck(
         assert stuck["extra"]["reason"] == "too long"
 
 
+async def test_a_monitoring_role_without_read_all_stats_still_sees_the_agent_alive(
+    cluster, db, live_agent
+):
+    role = unique("watcher").replace("-", "_")
+    for statement in (
+        'CREATE ROLE "{r}" LOGIN',
+        'GRANT USAGE ON SCHEMA pgagent, pgagent_watch TO "{r}"',
+        'GRANT SELECT ON ALL TABLES IN SCHEMA pgagent, pgagent_watch TO "{r}"',
+        'GRANT INSERT ON pgagent_watch.event TO "{r}"',
+        'GRANT USAGE ON ALL SEQUENCES IN SCHEMA pgagent_watch TO "{r}"',
+    ):
+        db.execute(statement.format(r=role))
+    await wait_agent_registered(db)
+    pid, _ = agent_host(db)
+    settings = settings_for(
+        cluster,
+        servers=[{"name": "test", "dsn": f"{cluster.dsn()} user={role}"}],
+        state_dsn=cluster.dsn(),
+        detect=FAST,
+    )
+    try:
+        async with running_service(settings) as running:
+            await wait_connected(running)
+            detector = running.service.detectors[1]
+            await until(lambda: detector.ticks >= 2, "two detections")
+            assert detector.error is None
+            assert any(a.pid == pid and a.alive for a in detector.agents)
+            assert detector.counts()["agent_down"] == 0
+    finally:
+        db.execute(f'DROP OWNED BY "{role}"')
+        db.execute(f'DROP ROLE "{role}"')
+
+
 # Without the daemon or the database: the rules themselves.
 def _job(**kw: Any) -> JobFacts:
     base: dict[str, Any] = {

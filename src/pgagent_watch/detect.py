@@ -68,10 +68,13 @@ _SNAPSHOT = """
 WITH agent AS (
     SELECT a.jagpid AS pid, a.jagstation AS host, a.jaglogintime AS login,
            -- A pid can be reused after a restart: the agent's backend must
-           -- have started before the agent logged in.
+           -- have started before the agent logged in. backend_start is null
+           -- for another role's sessions without pg_read_all_stats: then the
+           -- pid alone decides, as pgAgent itself does.
            EXISTS (
                SELECT 1 FROM pg_stat_activity p
-               WHERE p.pid = a.jagpid AND p.backend_start <= a.jaglogintime
+               WHERE p.pid = a.jagpid
+                 AND (p.backend_start IS NULL OR p.backend_start <= a.jaglogintime)
            ) AS alive
     FROM pgagent.pga_jobagent a
 ), job AS (
@@ -132,7 +135,8 @@ _AGENTS = """
 SELECT a.jagpid, a.jagstation, a.jaglogintime,
        EXISTS (
            SELECT 1 FROM pg_stat_activity p
-           WHERE p.pid = a.jagpid AND p.backend_start <= a.jaglogintime
+           WHERE p.pid = a.jagpid
+             AND (p.backend_start IS NULL OR p.backend_start <= a.jaglogintime)
        )
 FROM pgagent.pga_jobagent a ORDER BY a.jaglogintime DESC
 """
