@@ -354,106 +354,124 @@ def evaluate(
 ) -> dict[Key, Finding]:
     """Every condition that holds in this snapshot, by key.
 
-    ``open_keys`` are the conditions already open: flapping keeps holding
-    down to half its threshold, so that it is not reported on every change.
+    ``open_keys`` are the conditions already open: some hold on longer once
+    reported (hysteresis), so that they are not reported on every change.
     ``no_agent_for`` is how long (seconds) no agent has been seen alive, None
     while one is; ``last_agent`` the last agent seen, for its host when
     ``pga_jobagent`` is empty.
     """
-    now = snap.now
-    found: dict[Key, Finding] = {}
+    found: list[Finding | None] = [
+        _agent_down(snap, open_keys, settings, no_agent_for, last_agent)
+    ]
     alive = {a.pid for a in snap.agents if a.alive}
+    for job in snap.jobs:
+        override = overrides.get(job.job_id, JobOverride())
+        if not override.detect:
+            continue
+        found.append(_stuck(job, snap.now, alive, stuck_limit(job, settings, override)))
+        if job.enabled:
+            grace = (
+                override.overdue_grace
+                if override.overdue_grace is not None
+                else settings.overdue_grace
+            )
+            found.append(_overdue(job, snap.now, grace))
+            found.append(_flapping(job, open_keys, settings))
+    return {f.key: f for f in found if f is not None}
 
-    def add(finding: Finding) -> None:
-        found[finding.key] = finding
 
+def _agent_down(
+    snap: Snapshot,
+    open_keys: set[Key],
+    settings: DetectSettings,
+    no_agent_for: float | None,
+    last_agent: AgentInfo | None,
+) -> Finding | None:
+    """No agent alive, for the grace, while a job needs one."""
+    if no_agent_for is None or no_agent_for < settings.agent_grace:
+        return None
     # Down once a job is scheduled (or running) with no agent alive; once
     # reported, it stays down while any job is enabled, so that the instant
     # between a new agent aborting the old runs and registering itself is
     # not "back to normal".
     if ("agent_down", None, None) in open_keys:
-        needs_agent = any(j.enabled or j.running for j in snap.jobs)
+        needed = any(j.enabled or j.running for j in snap.jobs)
     else:
-        needs_agent = any(
+        needed = any(
             (j.enabled and j.next_run is not None) or j.running for j in snap.jobs
         )
-    if not alive and needs_agent and (no_agent_for or 0.0) >= settings.agent_grace:
-        last = snap.agents[0] if snap.agents else last_agent
-        down_since = now - timedelta(seconds=no_agent_for or 0.0)
-        add(
-            Finding(
-                "agent_down",
-                None,
-                None,
-                None,
-                {
-                    "since": down_since.isoformat(),
-                    "host": _short(last.host) if last else None,
-                    "pid": last.pid if last else None,
-                    "login": _iso(last.login) if last else None,
-                    "agents": len(snap.agents),
-                },
-            )
-        )
-
-    for job in snap.jobs:
-        override = overrides.get(job.job_id, JobOverride())
-        if not override.detect:
-            continue
-        if job.running and job.run_id is not None and job.run_start is not None:
-            age = (now - job.run_start).total_seconds()
-            limit = stuck_limit(job, settings, override)
-            gone = job.agent_pid is not None and job.agent_pid not in alive
-            if gone or (limit is not None and age > limit):
-                add(
-                    Finding(
-                        "stuck",
-                        job.job_id,
-                        job.run_id,
-                        job.name,
-                        {
-                            "since": _iso(job.run_start),
-                            "reason": "agent gone" if gone else "too long",
-                            "limit": limit,
-                            "usual": job.usual,
-                            "history_runs": job.history_runs,
-                            "agent_pid": job.agent_pid,
-                            "step": _short(job.step),
-                        },
-                    )
-                )
-        if not job.enabled:
-            continue
-        grace = (
-            override.overdue_grace
-            if override.overdue_grace is not None
-            else settings.overdue_grace
-        )
-        overdue = _overdue(job, now, grace)
-        if overdue is not None:
-            add(Finding("overdue", job.job_id, None, job.name, overdue))
-        key: Key = ("flapping", job.job_id, None)
-        threshold = settings.flapping_changes
-        holds = job.flap_changes > threshold // 2 if key in open_keys else False
-        if holds or job.flap_changes >= threshold:
-            add(
-                Finding(
-                    "flapping",
-                    job.job_id,
-                    None,
-                    job.name,
-                    {
-                        "changes": job.flap_changes,
-                        "runs": job.flap_runs,
-                        "window": settings.flapping_window,
-                    },
-                )
-            )
-    return found
+    if not needed or any(a.alive for a in snap.agents):
+        return None
+    last = snap.agents[0] if snap.agents else last_agent
+    since = snap.now - timedelta(seconds=no_agent_for)
+    return Finding(
+        "agent_down",
+        None,
+        None,
+        None,
+        {
+            "since": since.isoformat(),
+            "host": _short(last.host) if last else None,
+            "pid": last.pid if last else None,
+            "login": _iso(last.login) if last else None,
+            "agents": len(snap.agents),
+        },
+    )
 
 
-def _overdue(job: JobFacts, now: datetime, grace: float) -> dict[str, Any] | None:
-    """The details of an overdue job, or None when it is not overdue.
+def _stuck(
+    job: JobFacts, now: datetime, alive: set[int], limit: float | None
+) -> Finding | None:
+    """A run in ``r`` past its limit, or whose agent is no longer alive."""
+    if not job.running or job.run_id is None or job.run_start is None:
+        return None
+    # A run in 'r' with no claiming agent is someone's manual edit: only its
+    # age can tell.
+    gone = job.agent_pid is not None and job.agent_pid not in alive
+    too_long = limit is not None and (now - job.run_start).total_seconds() > limit
+    if not (gone or too_long):
+        return None
+    return Finding(
+        "stuck",
+        job.job_id,
+        job.run_id,
+        job.name,
+        {
+            "since": _iso(job.run_start),
+            "reason": "agent gone" if gone else "too long",
+            "limit": limit,
+            "usual": job.usual,
+            "history_runs": job.history_runs,
+            "agent_pid": job.agent_pid,
+            "step": _short(job.step),
+        },
+    )
+
+
+def _flapping(
+    job: JobFacts, open_keys: set[Key], settings: DetectSettings
+) -> Finding | None:
+    """Many changes between success and failure; once open, half as many hold."""
+    threshold = settings.flapping_changes
+    if ("flapping", job.job_id, None) in open_keys:
+        threshold = threshold // 2 + 1
+    if job.flap_changes < threshold:
+        return None
+    return Finding(
+        "flapping",
+        job.job_id,
+        None,
+        job.name,
+        {
+            "changes": job.flap_changes,
+            "runs": job.flap_runs,
+            "window": settings.flapping_window,
+        },
+    )
+
+
+def _overdue(job: JobFacts, now: datetime, grace: float) -> Finding | None:
+    """An overdue job, or None.
 
     A job with a run in progress is not overdue (it may be stuck). A claimed
     job (``jobagentid`` set) with no run in progress has an agent that will
@@ -473,12 +491,13 @@ def _overdue(job: JobFacts, now: datetime, grace: float) -> dict[str, Any] | Non
         if job.next_run is None or (now - job.next_run).total_seconds() <= grace:
             return None
         since = job.next_run
-    return {
+    extra = {
         "since": since.isoformat(),
         "grace": grace,
         "claimed_by": job.agent_pid,
         "last_run": job.run_id,
     }
+    return Finding("overdue", job.job_id, None, job.name, extra)
 
 
 def _end_extra(cond: Condition, snap: Snapshot) -> dict[str, Any]:
