@@ -803,13 +803,18 @@ class Detector:
             return
         if state != ListenerState.CONNECTED.value:
             self._synced = False
-        self.poke()
+        if state != ListenerState.STOPPED.value:
+            self.poke()
 
     async def run(self) -> None:
         """Detect until cancelled; a failed tick is logged and retried later."""
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows
+            # a cancellation that comes as the event is set (the listener's
+            # "stopped" pokes us as the service stops), and the task lingers.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.interval)
+                async with asyncio.timeout(self.settings.interval):
+                    await self._wake.wait()
             self._wake.clear()
             if not self.active:
                 self._synced = False
@@ -820,11 +825,8 @@ class Detector:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.error = (
-                    str(exc).strip().splitlines()[0][:300]
-                    if str(exc)
-                    else (type(exc).__name__)
-                )
+                text = str(exc).strip()
+                self.error = text.splitlines()[0][:300] if text else repr(exc)
                 if isinstance(exc, psycopg.Error | OSError | TimeoutError):
                     logger.warning("detection on %s: %s", self.server_name, self.error)
                 else:
