@@ -402,13 +402,14 @@ async def test_a_job_that_alternates_success_and_failure_is_flapping_once(
             assert starts[0]["extra"]["changes"] >= 3
             assert derived(client, "flapping", "end", job_id) == []
 
-            db.execute(
-                "UPDATE pgagent.pga_job SET jobenabled = false WHERE jobid = %s",
-                (job_id,),
-            )
+            # Deleted, the job stops flapping; the end still names it.
+            db.execute("DELETE FROM pgagent.pga_job WHERE jobid = %s", (job_id,))
             await client.wait_for(
                 lambda c: derived(c, "flapping", "end", job_id), "flapping to end"
             )
+            end = derived(client, "flapping", "end", job_id)[0]
+            assert end["job_name"] == starts[0]["job_name"]
+            assert end["extra"]["reason"] == "job disabled or deleted"
             assert len(derived(client, "flapping", "start", job_id)) == 1
     finally:
         db.execute(f'DROP SEQUENCE IF EXISTS "{seq}"')

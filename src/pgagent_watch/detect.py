@@ -612,14 +612,20 @@ async def read_open(conn: AnyConn) -> dict[Key, Condition]:
 async def write_transitions(
     conn: AnyConn, items: Sequence[Transition]
 ) -> list[tuple[int, datetime, Transition]]:
-    """Write the events (and notify) in one statement; return (id, at, item)."""
+    """Write the events (and notify) in one statement; return (id, at, item).
+
+    The job's name goes into ``extra`` too, where the event readers find it
+    once the job is deleted (as they do for capture's job events).
+    """
     rows = [
         {
             "kind": t.kind,
             "job_id": t.job_id,
             "jlgid": t.run_id,
             "status": t.status,
-            "extra": t.extra,
+            "extra": {**t.extra, "name": _short(t.job_name)}
+            if t.job_id is not None
+            else t.extra,
         }
         for t in items
     ]
