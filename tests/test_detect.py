@@ -220,6 +220,10 @@ async def test_an_agent_that_exits_when_postgresql_restarts_is_reported_down(
 ):
     with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
         job_id = samples.create_job(conn, unique("c3"), [Step("ok", "SELECT 1")])
+        # Disabled: only this test writes its runs.
+        idle_id = samples.create_job(
+            conn, unique("c3-idle"), [Step("x", "SELECT 1")], enabled=False
+        )
         # Due later: the server still needs an agent.
         conn.execute(
             "UPDATE pgagent.pga_job SET jobnextrun = now() + interval '1 hour'"
@@ -234,6 +238,18 @@ async def test_an_agent_that_exits_when_postgresql_restarts_is_reported_down(
             listener = watch.service.servers[1].listener
             reconnects = listener.status.reconnects
             await asyncio.to_thread(cluster.restart)
+            # Written at once, maybe before the listener is back: not lost.
+            with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+                run = conn.execute(
+                    "INSERT INTO pgagent.pga_joblog (jlgjobid) VALUES (%s)"
+                    " RETURNING jlgid",
+                    (idle_id,),
+                ).fetchone()
+                assert run is not None
+                conn.execute(
+                    "UPDATE pgagent.pga_joblog SET jlgstatus = 's' WHERE jlgid = %s",
+                    (run[0],),
+                )
             await until(lambda: not live_agent.alive(), "pgAgent to exit", WAIT)
             await client.wait_for(
                 lambda c: derived(c, "agent_down", "start"), "agent down"
@@ -241,6 +257,12 @@ async def test_an_agent_that_exits_when_postgresql_restarts_is_reported_down(
             down = derived(client, "agent_down", "start")[-1]
             assert down["extra"]["host"] == host
             assert listener.status.reconnects > reconnects
+            await client.wait_for(
+                lambda c: (
+                    run_updates(c.updates(), idle_id) == [("run", "r"), ("run", "s")]
+                ),
+                "the run written during the restart",
+            )
 
             # The listener came back: a new agent's run arrives, every step.
             live_agent.start()
