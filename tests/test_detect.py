@@ -568,6 +568,30 @@ def test_a_job_claimed_a_moment_ago_is_not_overdue():
     assert evaluate(Snapshot(NOW, [], [claimed]), set(), settings, {}, None) == {}
 
 
+def test_a_job_left_alone_or_given_its_own_grace_follows_its_own_setting():
+    settings = DetectSettings(overdue_grace=300)
+    late = _job(next_run=NOW - timedelta(seconds=100))
+    snap = Snapshot(NOW, [], [late])
+    assert evaluate(snap, set(), settings, {}, None) == {}
+    own = {1: JobOverride(overdue_grace=60)}
+    assert ("overdue", 1, None) in evaluate(snap, set(), settings, own, None)
+    alone = {1: JobOverride(detect=False, overdue_grace=60)}
+    assert evaluate(snap, set(), settings, alone, None) == {}
+
+
+def test_no_agent_is_down_only_while_a_job_needs_one_and_after_the_grace():
+    settings = DetectSettings(agent_grace=60)
+    key = ("agent_down", None, None)
+    scheduled = Snapshot(NOW, [], [_job(next_run=NOW + timedelta(hours=1))])
+    assert key not in evaluate(scheduled, set(), settings, {}, 59.0)
+    assert key in evaluate(scheduled, set(), settings, {}, 61.0)
+    # Enabled but with no next run: nothing needs an agent yet...
+    idle = Snapshot(NOW, [], [_job()])
+    assert key not in evaluate(idle, set(), settings, {}, 61.0)
+    # ...but once reported, down stays down until an agent is alive.
+    assert key in evaluate(idle, {key}, settings, {}, 61.0)
+
+
 def test_the_stuck_limit_is_the_jobs_own_then_learned_then_the_default():
     settings = DetectSettings(
         stuck_multiple=3, stuck_floor=10, stuck_min_runs=5, stuck_default=600
