@@ -163,11 +163,11 @@ class DetectSettings(_Strict):
     stuck_history: int = Field(default=20, ge=1, le=1000)
     stuck_min_runs: int = Field(default=5, ge=1, le=1000)
     stuck_default: float = Field(default=3600, ge=0)
-    # flapping_changes changes between success and failure among the runs
-    # that started within flapping_window: flapping, until at most half as
-    # many changes are left in the window.
+    # flapping_changes changes between success and failure among the last
+    # 4 x flapping_changes runs that started within flapping_window:
+    # flapping, until at most half as many changes are left.
     flapping_window: float = Field(default=3600, gt=0)
-    flapping_changes: int = Field(default=4, ge=2, le=500)
+    flapping_changes: int = Field(default=4, ge=2, le=100)
 
 
 class Settings(BaseSettings):
