@@ -183,6 +183,7 @@ async def test_a_killed_agent_is_down_and_its_run_stuck_until_a_new_agent_aborts
             health = (await http.get("/api/servers/1/health")).json()
             jobs = (await http.get("/api/servers/1/jobs")).json()
             servers = (await http.get("/api/servers")).json()
+            healthz = (await http.get("/healthz")).json()
         kinds = {(c["kind"], c["job_id"]) for c in health["conditions"]}
         assert {("agent_down", None), ("stuck", job_id)} <= kinds
         assert health["detecting"] is True
@@ -193,6 +194,9 @@ async def test_a_killed_agent_is_down_and_its_run_stuck_until_a_new_agent_aborts
         assert [(h["kind"], h["run_id"]) for h in job["health"]] == [("stuck", run_id)]
         assert servers[0]["health"]["agent_down"] == 1
         assert servers[0]["health"]["stuck"] >= 1
+        detect = healthz["servers"]["1"]["detect"]
+        assert detect["active"] is True and detect["error"] is None
+        assert detect["open"]["agent_down"] == 1
 
         # A new agent removes the dead one and aborts its run: both clear.
         live_agent.start()
