@@ -864,6 +864,8 @@ class Detector:
                 self._open = await read_open(conn)
                 self._synced = True
                 self._viewed = None
+                # What this instance saw before a pause is no longer news.
+                self._no_agent_since = None
                 logger.info(
                     "detection on %s: %d open conditions",
                     self.server_name,
