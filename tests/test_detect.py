@@ -17,11 +17,19 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from pgagent_watch import samples
 from pgagent_watch.cluster import Agent, Cluster
 from pgagent_watch.config import DetectSettings
-from pgagent_watch.detect import JobFacts, JobOverride, Snapshot, evaluate, stuck_limit
+from pgagent_watch.detect import (
+    DetectCollector,
+    JobFacts,
+    JobOverride,
+    Snapshot,
+    evaluate,
+    stuck_limit,
+)
 from pgagent_watch.events import JobEvent, PayloadError, parse_payload
 from pgagent_watch.samples import Step
 
@@ -197,6 +205,13 @@ async def test_a_killed_agent_is_down_and_its_run_stuck_until_a_new_agent_aborts
         detect = healthz["servers"]["1"]["detect"]
         assert detect["active"] is True and detect["error"] is None
         assert detect["open"]["agent_down"] == 1
+        registry = CollectorRegistry()
+        registry.register(DetectCollector(watch.service.detectors))
+        scraped = generate_latest(registry).decode()
+        assert 'pgagent_watch_health_open{kind="agent_down",server="test"} 1.0' in (
+            scraped
+        )
+        assert 'pgagent_watch_detect_active{server="test"} 1.0' in scraped
 
         # A new agent removes the dead one and aborts its run: both clear.
         live_agent.start()

@@ -33,13 +33,15 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
 from fastapi import APIRouter, HTTPException
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, Field
@@ -917,6 +919,46 @@ class Detector:
         self.ticks += 1
         self.last_tick_seconds = time.monotonic() - started
         return items
+
+
+class DetectCollector(Collector):
+    """Prometheus figures of detection, read from the detectors at scrape time.
+
+    ``pgagent_watch_health_open{server,kind}``: open conditions (as this
+    instance knows them); ``pgagent_watch_detect_active{server}``: 1 where
+    this instance detects; ``pgagent_watch_detect_tick_seconds{server}``: how
+    long the last check took. Register it in the service's registry.
+    """
+
+    def __init__(self, detectors: Mapping[int, Detector]) -> None:
+        self.detectors = detectors
+
+    def collect(self) -> Iterator[Metric]:
+        open_ = GaugeMetricFamily(
+            "pgagent_watch_health_open",
+            "Open health conditions by kind",
+            labels=["server", "kind"],
+        )
+        active = GaugeMetricFamily(
+            "pgagent_watch_detect_active",
+            "1 where this instance detects for the server",
+            labels=["server"],
+        )
+        tick = GaugeMetricFamily(
+            "pgagent_watch_detect_tick_seconds",
+            "Seconds the last health check of the server took",
+            labels=["server"],
+        )
+        for detector in self.detectors.values():
+            name = detector.server_name
+            for kind, count in detector.counts().items():
+                open_.add_metric([name, kind], count)
+            active.add_metric([name], 1.0 if detector.active else 0.0)
+            if detector.last_tick_seconds is not None:
+                tick.add_metric([name], detector.last_tick_seconds)
+        yield open_
+        yield active
+        yield tick
 
 
 # The API: open conditions and agents of a server, and per-job thresholds.
