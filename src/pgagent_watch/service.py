@@ -117,6 +117,10 @@ class Service:
         self._users_exist: tuple[float, bool] = (0.0, False)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.started = False
+        # Alerts: subscriptions, outbox, dispatch (registers its own consumer).
+        from .alerts.manager import AlertService
+
+        self.alerts = AlertService(self)
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         """Start a background task and keep a reference until it ends."""
@@ -139,6 +143,7 @@ class Service:
             if server.detector is not None:
                 self.spawn(server.detector.run(), f"detect-{server.config.name}")
         self.spawn(self._prune_loop(), "prune")
+        await self.alerts.start()
         # Sign-in needs the state database: give it a moment before serving,
         # so that the first clients are not refused; never wait longer.
         with contextlib.suppress(TimeoutError):
@@ -155,6 +160,7 @@ class Service:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.pusher.stop()
+        await self.alerts.stop()
         for server in self.servers.values():
             await server.pool.close(timeout=2)
         await self.state_pool.close(timeout=2)
@@ -281,6 +287,8 @@ class Service:
             s.listener.status.state.value == "connected" for s in self.servers.values()
         )
         ok = ok and self.state_ready.is_set()
+        alerts = self.alerts.health()
+        ok = ok and all(s["cursor"] == "ok" for s in alerts["servers"].values())
         return {
             "status": "ok" if ok else "degraded",
             "servers": servers,
@@ -288,4 +296,5 @@ class Service:
                 "ready": self.state_ready.is_set(),
                 "error": self.state_error,
             },
+            "alerts": alerts,
         }
