@@ -27,6 +27,7 @@ from pgagent_watch.detect import (
     JobFacts,
     JobOverride,
     Snapshot,
+    _span,
     evaluate,
     stuck_limit,
 )
@@ -181,7 +182,11 @@ async def test_a_killed_agent_is_down_and_its_run_stuck_until_a_new_agent_aborts
         assert down["status_text"] == "no agent alive"
         stuck = derived(client, "stuck", "start", job_id)[-1]
         assert stuck["run_id"] == run_id
-        assert stuck["extra"]["reason"] == "agent gone"
+        assert stuck["extra"]["cause"] == "agent gone"
+        assert stuck["extra"]["reason"].startswith(f"its agent (pid {pid}) is gone")
+        assert down["extra"]["reason"] == (
+            f"no agent is alive; the last was pid {pid} on {host}"
+        )
         assert stuck["extra"]["agent_pid"] == pid
         assert stuck["extra"]["step"] == "long"
         assert stuck["job_name"]
@@ -223,8 +228,9 @@ async def test_a_killed_agent_is_down_and_its_run_stuck_until_a_new_agent_aborts
         )
         end = derived(client, "stuck", "end", job_id)[-1]
         assert end["extra"]["status"] == "d"
-        assert end["extra"]["reason"] == "run ended"
-        assert derived(client, "agent_down", "end")[-1]["extra"]["reason"] == (
+        assert end["extra"]["cause"] == "run ended"
+        assert end["extra"]["reason"] == "the run ended (aborted)"
+        assert derived(client, "agent_down", "end")[-1]["extra"]["cause"] == (
             "agent alive"
         )
         assert len(derived(client, "stuck", "start", job_id)) == 1
@@ -330,6 +336,7 @@ async def test_a_job_due_an_hour_ago_with_no_agent_is_overdue_until_one_runs_it(
             overdue = derived(client, "overdue", "start", job_id)[-1]
             assert datetime.fromisoformat(overdue["extra"]["since"]) == due[0]
             assert overdue["extra"]["claimed_by"] is None
+            assert overdue["extra"]["reason"] == "due 60 min ago and not started"
             assert overdue["status_text"] == "overdue"
             await client.wait_for(
                 lambda c: derived(c, "agent_down", "start"), "agent down"
@@ -339,7 +346,7 @@ async def test_a_job_due_an_hour_ago_with_no_agent_is_overdue_until_one_runs_it(
         await client.wait_for(
             lambda c: derived(c, "overdue", "end", job_id), "overdue to clear"
         )
-        assert derived(client, "overdue", "end", job_id)[-1]["extra"]["reason"] in (
+        assert derived(client, "overdue", "end", job_id)[-1]["extra"]["cause"] in (
             "run started",
             "rescheduled",
         )
@@ -386,6 +393,9 @@ async def test_a_job_left_claimed_with_no_run_is_overdue_and_a_restart_keeps_it_
         ]
         assert [c.kind for c in conds] == ["overdue"]
         assert conds[0].extra["claimed_by"] == pid
+        assert conds[0].extra["reason"] == (
+            f"claimed by agent pid {pid} but not running; due 60 min ago"
+        )
         assert datetime.fromisoformat(conds[0].extra["since"]) == due[0]
 
     def starts() -> int:
@@ -450,7 +460,7 @@ async def test_a_job_that_alternates_success_and_failure_is_flapping_once(
             )
             end = derived(client, "flapping", "end", job_id)[0]
             assert end["job_name"] == starts[0]["job_name"]
-            assert end["extra"]["reason"] == "job disabled or deleted"
+            assert end["extra"]["cause"] == "job disabled or deleted"
             assert len(derived(client, "flapping", "start", job_id)) == 1
     finally:
         db.execute(f'DROP SEQUENCE IF EXISTS "{seq}"')
@@ -474,7 +484,7 @@ async def test_a_run_far_longer_than_its_usual_duration_is_stuck_until_it_ends(
             lambda c: derived(c, "stuck", "start", job_id), "the run to be stuck"
         )
         stuck = derived(client, "stuck", "start", job_id)[-1]
-        assert stuck["extra"]["reason"] == "too long"
+        assert stuck["extra"]["cause"] == "too long"
         assert stuck["extra"]["limit"] == 1  # the floor: 3 x its usual is less
         assert stuck["extra"]["history_runs"] == 3
         assert stuck["extra"]["usual"] < 1
@@ -504,7 +514,7 @@ async def test_a_jobs_own_maximum_set_through_the_api_makes_its_long_run_stuck(
         )
         stuck = derived(client, "stuck", "start", job_id)[-1]
         assert stuck["extra"]["limit"] == 1
-        assert stuck["extra"]["reason"] == "too long"
+        assert stuck["extra"]["cause"] == "too long"
 
 
 async def test_a_monitoring_role_without_read_all_stats_still_sees_the_agent_alive(
@@ -609,6 +619,15 @@ def test_no_agent_is_down_only_while_a_job_needs_one_and_after_the_grace():
     assert key not in evaluate(idle, set(), settings, {}, 61.0)
     # ...but once reported, down stays down until an agent is alive.
     assert key in evaluate(idle, {key}, settings, {}, 61.0)
+
+
+def test_durations_in_reasons_read_as_people_say_them():
+    assert [_span(s) for s in (45, 600, 3600 * 3 + 300, 86400 * 2 + 3600 * 4)] == [
+        "45 s",
+        "10 min",
+        "3 h 5 min",
+        "2 d 4 h",
+    ]
 
 
 def test_the_stuck_limit_is_the_jobs_own_then_learned_then_the_default():

@@ -48,7 +48,7 @@ from pydantic import BaseModel, Field
 
 from .config import DetectSettings
 from .deps import JobIdPath, ServerIdPath, ServiceDep, Who, visible_server
-from .events import DERIVED_KINDS, JobEvent
+from .events import DERIVED_KINDS, RUN_STATUS_TEXT, JobEvent
 from .listener import Listener, ListenerState
 from .push import jsonable
 
@@ -446,7 +446,8 @@ def _stuck(
         job.name,
         {
             "since": _iso(job.run_start),
-            "reason": "agent gone" if gone else "too long",
+            "cause": "agent gone" if gone else "too long",
+            "age": (now - job.run_start).total_seconds(),
             "limit": limit,
             "usual": job.usual,
             "history_runs": job.history_runs,
@@ -501,6 +502,7 @@ def _overdue(job: JobFacts, now: datetime, grace: float) -> Finding | None:
         since = job.next_run
     extra = {
         "since": since.isoformat(),
+        "late": (now - since).total_seconds(),
         "grace": grace,
         "claimed_by": job.agent_pid,
         "last_run": job.run_id,
@@ -520,24 +522,84 @@ def _end_extra(cond: Condition, snap: Snapshot) -> dict[str, Any]:
         alive = [a for a in snap.agents if a.alive]
         if alive:
             extra.update(
-                reason="agent alive", host=_short(alive[0].host), pid=alive[0].pid
+                cause="agent alive", host=_short(alive[0].host), pid=alive[0].pid
             )
         else:
-            extra["reason"] = "no job enabled"
+            extra["cause"] = "no job enabled"
     elif job is None:
-        extra["reason"] = "job disabled or deleted"
+        extra["cause"] = "job disabled or deleted"
     elif cond.kind == "stuck":
         if job.run_id == cond.run_id and job.running:
-            extra["reason"] = "within its limit"
+            extra["cause"] = "within its limit"
         else:
-            extra["reason"] = "run ended"
+            extra["cause"] = "run ended"
             if job.run_id == cond.run_id:
                 extra["status"] = job.run_status
     elif cond.kind == "overdue":
-        extra["reason"] = "run started" if job.running else "rescheduled"
+        extra["cause"] = "run started" if job.running else "rescheduled"
     elif cond.kind == "flapping":
-        extra.update(reason="steady", changes=job.flap_changes)
+        extra.update(cause="steady", changes=job.flap_changes)
     return extra
+
+
+def _span(seconds: float) -> str:
+    """A duration for people: "45 s", "12 min", "3 h 5 min", "2 d 4 h"."""
+    total = round(seconds)
+    if total < 120:
+        return f"{total} s"
+    minutes = total // 60
+    if minutes < 120:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+_END_REASONS = {
+    "no job enabled": "no job is enabled any more",
+    "job disabled or deleted": "the job was disabled or deleted",
+    "within its limit": "back within its limit",
+    "run started": "a run started",
+    "rescheduled": "its next run was moved",
+    "steady": "steady again",
+}
+
+
+def _reason(kind: str, status: str, extra: Mapping[str, Any]) -> str:
+    """One line for people (alerts show it as "why"), from an event's details."""
+    cause = extra.get("cause")
+    if status == "end":
+        if cause == "agent alive":
+            return f"an agent is alive again (pid {extra['pid']} on {extra['host']})"
+        if cause == "run ended":
+            ended = RUN_STATUS_TEXT.get(str(extra.get("status")), "gone")
+            return f"the run ended ({ended})"
+        return _END_REASONS.get(str(cause), str(cause))
+    if kind == "agent_down":
+        if extra.get("pid") is None:
+            return "no agent is alive"
+        return f"no agent is alive; the last was pid {extra['pid']} on {extra['host']}"
+    if kind == "stuck":
+        age = _span(float(extra.get("age") or 0))
+        if cause == "agent gone":
+            return f"its agent (pid {extra['agent_pid']}) is gone; running for {age}"
+        usual = extra.get("usual")
+        was = f", usually {_span(float(usual))}" if usual is not None else ""
+        return f"running for {age}{was}; the limit is {_span(float(extra['limit']))}"
+    if kind == "overdue":
+        late = _span(float(extra.get("late") or 0))
+        if extra.get("claimed_by") is not None:
+            return (
+                f"claimed by agent pid {extra['claimed_by']} but not running;"
+                f" due {late} ago"
+            )
+        return f"due {late} ago and not started"
+    return (
+        f"{extra.get('changes')} changes between success and failure"
+        f" in its last {extra.get('runs')} runs"
+    )
 
 
 def transitions(
@@ -556,7 +618,7 @@ def transitions(
                     cond.run_id,
                     cond.job_name,
                     "end",
-                    _end_extra(cond, snap),
+                    _with_reason(cond.kind, "end", _end_extra(cond, snap)),
                 )
             )
     for key, finding in found.items():
@@ -568,10 +630,14 @@ def transitions(
                     finding.run_id,
                     finding.job_name,
                     "start",
-                    finding.extra,
+                    _with_reason(finding.kind, "start", finding.extra),
                 )
             )
     return out
+
+
+def _with_reason(kind: str, status: str, extra: dict[str, Any]) -> dict[str, Any]:
+    return {**extra, "reason": _reason(kind, status, extra)}
 
 
 async def read_snapshot(conn: AnyConn, settings: DetectSettings) -> Snapshot:
