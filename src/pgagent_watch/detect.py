@@ -856,6 +856,19 @@ class Detector:
             self._viewed = (time.monotonic(), conds)
         return self.open_conditions()
 
+    async def _refresh_view(self) -> None:
+        """On standby: keep the view of what the detecting instance found fresh."""
+        if self.listener.status.state != ListenerState.STANDBY:
+            return
+        try:
+            async with self.pool.connection(timeout=5) as conn:
+                conds = list((await read_open(conn)).values())
+            self._viewed = (time.monotonic(), conds)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.debug("health view of %s not read: %s", self.server_name, exc)
+
     def counts(self) -> dict[str, int]:
         """How many conditions of each kind are open, every kind named."""
         seen = Counter(c.kind for c in self.open_conditions())
@@ -903,6 +916,7 @@ class Detector:
             self._wake.clear()
             if not self.active:
                 self._synced = False
+                await self._refresh_view()
                 continue
             try:
                 await self.tick()
