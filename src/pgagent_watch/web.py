@@ -30,7 +30,7 @@ CSP = (
 
 # Routers of the other modules, included in this order; each module has a
 # ``router`` (an APIRouter).
-ROUTERS: list[str] = [".alerts.routes", ".detect"]
+ROUTERS: list[str] = [".alerts.routes", ".routes_jobs", ".routes_page", ".detect"]
 
 
 class ServerOut(BaseModel):
