@@ -20,7 +20,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import psycopg
 
@@ -29,7 +29,7 @@ from .config import ListenerSettings, ServerConfig
 from .errors import PgAgentWatchError, ReplayMarkError
 from .events import PayloadError, parse_payload
 from .hub import Hub
-from .replay import EventCursor
+from .replay import CursorState, EventCursor
 
 logger = logging.getLogger("pgagent_watch.listener")
 
@@ -45,6 +45,16 @@ class ListenerState(StrEnum):
     # Another instance holds this server's listen lock.
     STANDBY = "standby"
     STOPPED = "stopped"
+
+
+class Coordinator(Protocol):
+    """Shares a server between instances: who listens, and from which mark."""
+
+    async def acquire(self, conn: psycopg.AsyncConnection[Any]) -> bool: ...
+
+    async def load(self) -> CursorState | None: ...
+
+    def save(self, state: CursorState) -> None: ...
 
 
 class ServerProblem(PgAgentWatchError, RuntimeError):
@@ -105,6 +115,9 @@ class Listener:
         self.status = ListenerStatus()
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._wake = asyncio.Event()
+        # Set when several instances share this server (scaleout.ListenLock).
+        self.coordinator: Coordinator | None = None
+        self.standby_interval = 2.0
 
     def _set_state(self, state: ListenerState, reason: str | None = None) -> None:
         if state == self.status.state and reason == self.status.reason:
@@ -161,6 +174,8 @@ class Listener:
         self._conn = conn
         try:
             await self._check_schema(conn)
+            if self.coordinator is not None:
+                await self._standby(conn, self.coordinator)
             await self._bounded(conn.execute(f"LISTEN {CHANNEL}"))
             events = []
             if self.cursor.started:
@@ -184,6 +199,17 @@ class Listener:
             self._conn = None
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.close(), 2)
+
+    async def _standby(
+        self, conn: psycopg.AsyncConnection[Any], coordinator: Coordinator
+    ) -> None:
+        """Wait, connected, until this instance may listen; take the shared mark."""
+        while not await self._bounded(coordinator.acquire(conn)):
+            self._set_state(ListenerState.STANDBY, "another instance listens")
+            await asyncio.sleep(self.standby_interval)
+        state = await coordinator.load()
+        if state is not None:
+            self.cursor.state = state
 
     async def _check_schema(self, conn: psycopg.AsyncConnection[Any]) -> None:
         cur = await self._bounded(
@@ -252,6 +278,8 @@ class Listener:
         self.status.last_event_at = now
         self.status.lag_seconds = max(0.0, (now - events[-1].at).total_seconds())
         self.hub.publish(events)
+        if self.coordinator is not None and self.cursor.state is not None:
+            self.coordinator.save(self.cursor.state)
 
     @property
     def backend_pid(self) -> int | None:

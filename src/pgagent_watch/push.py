@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -69,6 +70,28 @@ def server_id_of(data: Any) -> int:
 Handler = Callable[[str, Principal, Any], Awaitable[Any]]
 
 
+class _Bucket:
+    """A token bucket: ``burst`` events at once, ``rate`` a second after that."""
+
+    __slots__ = ("last", "strikes", "tokens")
+
+    def __init__(self, burst: int) -> None:
+        self.tokens = float(burst)
+        self.last = time.monotonic()
+        self.strikes = 0
+
+    def take(self, rate: float, burst: int) -> bool:
+        now = time.monotonic()
+        self.tokens = min(float(burst), self.tokens + (now - self.last) * rate)
+        self.last = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            self.strikes = 0
+            return True
+        self.strikes += 1
+        return False
+
+
 class PgAgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     """The socket protocol; every rule about who may see what is the Principal's."""
 
@@ -77,6 +100,26 @@ class PgAgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         self.service = service
         # Extra events other modules register (subscriptions, ...).
         self.extra_handlers: dict[str, Handler] = {}
+        self._buckets: dict[str, _Bucket] = {}
+
+    async def _rate_limited(self, sid: str) -> dict[str, Any] | None:
+        """None if the client may send this event, else the error it gets."""
+        limits = self.service.settings.limits
+        bucket = self._buckets.get(sid)
+        if bucket is None:
+            bucket = self._buckets[sid] = _Bucket(limits.socket_burst)
+        if bucket.take(limits.socket_rate, limits.socket_burst):
+            return None
+        if bucket.strikes > limits.socket_strikes:
+            logger.warning("socket %s: rate limit ignored, disconnected", sid)
+            self._buckets.pop(sid, None)
+            await self.disconnect(sid)
+            return None
+        payload = {"sid": None, "code": "RATE_LIMITED", "error": "too many events"}
+        if bucket.strikes == 1:
+            # Once per run of refusals: the error itself must not flood.
+            await self.emit("job_status_listener_error", payload, to=sid)
+        return payload
 
     async def _principal(self, sid: str) -> Principal | None:
         session = await self.get_session(sid)
@@ -164,7 +207,18 @@ class PgAgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         return payload
 
     async def trigger_event(self, event: str, *args: Any) -> Any:
-        """Route registered extra events; unknown events get a clear answer."""
+        """Route registered extra events; unknown events get a clear answer.
+
+        Every event a client sends first passes its rate limit: past it the
+        event is refused with ``RATE_LIMITED`` and the connection stays up,
+        unless the client keeps on past ``[limits] socket_strikes`` refusals.
+        """
+        if event == "disconnect" and args:
+            self._buckets.pop(args[0], None)
+        elif event != "connect" and args and isinstance(args[0], str):
+            refused = await self._rate_limited(args[0])
+            if refused is not None:
+                return refused
         handler_name = f"on_{event}"
         if hasattr(self, handler_name) or event in ("connect", "disconnect"):
             return await super().trigger_event(event, *args)

@@ -12,15 +12,16 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-import socketio
 from psycopg_pool import AsyncConnectionPool
 
-from . import capture, jobs, state
+from . import capture, flow, jobs, state
 from .access import ANONYMOUS, Principal
 from .config import ServerConfig, Settings
 from .hub import Hub
 from .listener import Listener
+from .metrics import Metrics
 from .push import PgAgentNamespace, Pusher
+from .scaleout import ListenLock, RedisManager
 
 logger = logging.getLogger("pgagent_watch.service")
 
@@ -51,7 +52,17 @@ class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.hub = Hub()
-        self.sio = socketio.AsyncServer(
+        cluster = settings.cluster
+        self.redis: RedisManager | None = None
+        if cluster.redis_url is not None:
+            self.redis = RedisManager(
+                cluster.redis_url.get_secret_value(),
+                cluster.channel,
+                cluster.probe_interval,
+                cluster.probe_timeout,
+            )
+        self.sio = flow.AsyncServer(
+            client_manager=self.redis,
             async_mode="asgi",
             cors_allowed_origins=[],
             ping_interval=settings.web.ping_interval,
@@ -61,10 +72,13 @@ class Service:
             logger=False,
             engineio_logger=False,
         )
+        self.sio.eio.client_queue_max = settings.limits.client_queue_max
         self.namespace = PgAgentNamespace(self)
         self.sio.register_namespace(self.namespace)
         self.pusher = Pusher(self.sio, settings.web.coalesce_ms / 1000)
         self.hub.add(self.pusher)
+        self.metrics = Metrics(self)
+        self.hub.add(self.metrics)
         self.servers: dict[int, MonitoredServer] = {}
         for server_id, config in settings.server_ids().items():
             listener = Listener(server_id, config, settings.listener, self.hub)
@@ -79,6 +93,7 @@ class Service:
                 name=f"pgagent-watch-{config.name}",
             )
             self.servers[server_id] = MonitoredServer(server_id, config, listener, pool)
+        self.locks: list[ListenLock] = []
         # The service's own state (users, subscriptions, outbox): one pool.
         self.state_pool = AsyncConnectionPool(
             settings.state_conninfo(application_name="pgagent-watch state")
@@ -94,6 +109,13 @@ class Service:
         )
         self.state_ready = asyncio.Event()
         self.state_error: str | None = None
+        if self.redis is not None:
+            # Several instances: one listens to each server, from a shared mark.
+            for server in self.servers.values():
+                lock = ListenLock(server.config.name, self.state_pool, self.state_ready)
+                server.listener.coordinator = lock
+                server.listener.standby_interval = cluster.standby_interval
+                self.locks.append(lock)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.started = False
 
@@ -116,6 +138,14 @@ class Service:
             await server.pool.open(wait=False)
             self.spawn(server.listener.run(), f"listener-{server.config.name}")
         self.spawn(self._prune_loop(), "prune")
+        self.spawn(self.metrics.run(), "metrics")
+        for lock in self.locks:
+            self.spawn(lock.run(), f"mark-{lock.server_name}")
+        if self.redis is not None:
+            # Subscribe now, not at the first browser, and keep the task.
+            self.sio.manager_initialized = True
+            self.redis.initialize()
+            self.spawn(self.redis.watch(), "redis-probe")
         logger.info("watching %d servers", len(self.servers))
 
     async def stop(self) -> None:
@@ -128,10 +158,28 @@ class Service:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.pusher.stop()
+        for lock in self.locks:
+            try:
+                await lock.flush()
+            except Exception as exc:
+                logger.warning("mark of %s not saved: %s", lock.server_name, exc)
+        if self.redis is not None:
+            await self._stop_redis(self.redis)
         for server in self.servers.values():
             await server.pool.close(timeout=2)
         await self.state_pool.close(timeout=2)
         logger.info("stopped")
+
+    async def _stop_redis(self, redis: RedisManager) -> None:
+        thread = getattr(redis, "thread", None)
+        if thread is not None:
+            thread.cancel()
+            await asyncio.gather(thread, return_exceptions=True)
+        if redis.redis is not None:
+            try:
+                await asyncio.wait_for(redis.redis.aclose(), 2)
+            except Exception as exc:
+                logger.debug("closing Redis: %s", exc)
 
     async def _prepare_state(self) -> None:
         """Migrate the state schema, retrying until the state database answers."""
