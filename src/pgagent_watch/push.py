@@ -33,6 +33,9 @@ logger = logging.getLogger("pgagent_watch.push")
 
 NAMESPACE = "/pgagent"
 MAX_ID = 2**31 - 1
+# Events in one job_status_batch frame: a burst after a long outage leaves as
+# several frames of bounded size, not one that a client refuses.
+MAX_BATCH = 200
 
 
 def room(server_id: int) -> str:
@@ -311,25 +314,29 @@ class Pusher:
     async def _flush(self) -> int:
         pending, self._pending = self._pending, defaultdict(list)
         sent = 0
-        for server_id, updates in pending.items():
-            if len(updates) == 1:
-                await self.sio.emit(
-                    "job_status_update",
-                    updates[0],
-                    room=room(server_id),
-                    namespace=NAMESPACE,
-                )
-            else:
-                await self.sio.emit(
-                    "job_status_batch",
-                    {"sid": server_id, "events": updates},
-                    room=room(server_id),
-                    namespace=NAMESPACE,
-                )
-            self.frames += 1
-            self.events += len(updates)
-            sent += len(updates)
+        for server_id, waiting in pending.items():
+            for start in range(0, len(waiting), MAX_BATCH):
+                sent += await self._emit(server_id, waiting[start : start + MAX_BATCH])
         return sent
+
+    async def _emit(self, server_id: int, updates: list[JobStatusUpdate]) -> int:
+        if len(updates) == 1:
+            await self.sio.emit(
+                "job_status_update",
+                updates[0],
+                room=room(server_id),
+                namespace=NAMESPACE,
+            )
+        else:
+            await self.sio.emit(
+                "job_status_batch",
+                {"sid": server_id, "events": updates},
+                room=room(server_id),
+                namespace=NAMESPACE,
+            )
+        self.frames += 1
+        self.events += len(updates)
+        return len(updates)
 
 
 _background: set[asyncio.Task[Any]] = set()
