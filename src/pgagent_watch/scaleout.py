@@ -110,6 +110,9 @@ class RedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
                 self.probe_timeout,
             )
             await self.resubscribe()
+            # python-socketio waits at least 1 s before it subscribes again;
+            # a probe before that would only tear the new subscription down.
+            await asyncio.sleep(self.probe_timeout + 2)
 
     async def resubscribe(self) -> None:
         """Drop the pub/sub connection; the manager's retry loop makes a new one."""
