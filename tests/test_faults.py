@@ -310,6 +310,7 @@ async def test_wrong_types_get_bad_request_and_the_connection_stays_up(
 async def test_a_huge_payload_closes_only_that_connection(watch, client_factory):
     bystander = await client_factory(watch.url)
     big = await client_factory(watch.url)
+    big.sio.reconnection = False
     await big.emit("start_job_status_listener", {"sid": 1, "pad": "x" * 2_000_000})
     await until(
         lambda: not big.sio.connected or big.sio.eio.state != "connected",

@@ -23,6 +23,7 @@ from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
 import psycopg
+from psycopg import sql
 
 from .capture import CAPTURE_VERSION, CHANNEL
 from .config import ListenerSettings, ServerConfig
@@ -118,6 +119,8 @@ class Listener:
         # Set when several instances share this server (scaleout.ListenLock).
         self.coordinator: Coordinator | None = None
         self.standby_interval = 2.0
+        # Full reads done so far: tests and /healthz can tell one happened.
+        self.full_reads = 0
 
     def _set_state(self, state: ListenerState, reason: str | None = None) -> None:
         if state == self.status.state and reason == self.status.reason:
@@ -176,7 +179,8 @@ class Listener:
             await self._check_schema(conn)
             if self.coordinator is not None:
                 await self._standby(conn, self.coordinator)
-            await self._bounded(conn.execute(f"LISTEN {CHANNEL}"))
+            listen = sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL))
+            await self._bounded(conn.execute(listen))
             events = []
             if self.cursor.started:
                 try:
@@ -261,6 +265,7 @@ class Listener:
             if self._wake.is_set() or due:
                 self._wake.clear()
                 self._publish(await self._bounded(self.cursor.read_full(conn)))
+                self.full_reads += 1
                 last_full = time.monotonic()
             elif notified:
                 self._publish(

@@ -7,14 +7,16 @@ reference to every background task is kept.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from . import capture, flow, jobs, state
+from . import capture, flow, jobs, state, users
 from .access import ANONYMOUS, Principal
 from .config import ServerConfig, Settings
 from .hub import Hub
@@ -116,6 +118,7 @@ class Service:
                 server.listener.coordinator = lock
                 server.listener.standby_interval = cluster.standby_interval
                 self.locks.append(lock)
+        self._users_exist: tuple[float, bool] = (0.0, False)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.started = False
 
@@ -146,6 +149,10 @@ class Service:
             self.sio.manager_initialized = True
             self.redis.initialize()
             self.spawn(self.redis.watch(), "redis-probe")
+        # Sign-in needs the state database: give it a moment before serving,
+        # so that the first clients are not refused; never wait longer.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.state_ready.wait(), 10)
         logger.info("watching %d servers", len(self.servers))
 
     async def stop(self) -> None:
@@ -222,14 +229,53 @@ class Service:
                     logger.debug("prune of %s skipped: %s", server.config.name, exc)
             await asyncio.sleep(self.settings.capture.prune_interval)
 
-    # Authentication: until users exist everyone is the anonymous administrator.
+    def server_ids_by_name(self) -> dict[str, int]:
+        return {s.config.name: s.id for s in self.servers.values()}
+
+    async def users_exist(self) -> bool:
+        """Whether any user exists (cached for a few seconds)."""
+        checked, exist = self._users_exist
+        if exist or time.monotonic() - checked < 2:
+            return exist
+        async with self.state_pool.connection(timeout=5) as conn:
+            exist = await users.any_users(conn)
+        self._users_exist = (time.monotonic(), exist)
+        return exist
+
+    async def principal_for_token(self, token: str) -> Principal | None:
+        async with self.state_pool.connection(timeout=5) as conn:
+            return await users.principal_for_token(
+                conn, token, self.server_ids_by_name()
+            )
+
+    async def _authenticate(self, token: str | None) -> Principal | None:
+        """Until users exist everyone is the anonymous administrator."""
+        if not self.state_ready.is_set():
+            return None
+        try:
+            if token:
+                return await self.principal_for_token(token)
+            if not await self.users_exist():
+                return ANONYMOUS
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.warning("authentication failed on the state database: %s", exc)
+        return None
+
     async def authenticate_socket(
         self, environ: dict[str, Any], auth: Any
     ) -> Principal | None:
-        return ANONYMOUS
+        """Who opens this socket: ``auth={"token": ...}``, or None to refuse."""
+        token = auth.get("token") if isinstance(auth, dict) else None
+        return await self._authenticate(token if isinstance(token, str) else None)
 
     async def authenticate_request(self, request: Any) -> Principal | None:
-        return ANONYMOUS
+        """Who sends this request: ``Authorization: Bearer TOKEN``, or None."""
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        bearer = token.strip() if scheme.lower() == "bearer" else None
+        return await self._authenticate(bearer)
 
     async def job_states(
         self, server_id: int, job_id: int | None = None
