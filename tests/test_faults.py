@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -15,10 +16,13 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+import socketio
 
 from pgagent_watch import samples
 from pgagent_watch.cluster import free_port
 from pgagent_watch.samples import Step
+from pgagent_watch.server import make_server
+from pgagent_watch.service import Service
 
 from .fix_cluster import (
     WAIT,
@@ -496,3 +500,98 @@ async def test_a_silent_connection_is_dropped_by_the_heartbeat_and_replayed(
         assert time.monotonic() - started < 10
     finally:
         await proxy.close()
+
+
+# C16: a restart with many browsers connected.
+
+
+@contextlib.asynccontextmanager
+async def _serve_on(settings, port: int):
+    service = Service(settings)
+    server = make_server(service, "127.0.0.1", port)
+    task = asyncio.create_task(server.serve())
+    await until(lambda: server.started or task.done(), "the service serving")
+    assert not task.done()
+    try:
+        yield service
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, WAIT)
+
+
+async def test_a_restart_with_many_browsers_connected_rebuilds_rooms_and_catches_up(
+    cluster, db, make_job
+):
+    n = 200
+    port = free_port()
+    settings = settings_for(cluster)
+    job_id = make_job([Step("ok", "SELECT 1")])
+    clients: list[socketio.AsyncClient] = []
+    joined: list[int] = [0] * n
+    states: list[dict] = [{} for _ in range(n)]
+
+    def make(i: int) -> socketio.AsyncClient:
+        # As the page does: jittered reconnects; on every connect, ask again
+        # for the rooms and for the current job states.
+        sio = socketio.AsyncClient(
+            reconnection_delay=0.2, reconnection_delay_max=2, randomization_factor=0.5
+        )
+
+        @sio.on("connect", namespace="/pgagent")
+        async def on_connect() -> None:
+            await sio.emit(
+                "start_job_status_listener", {"sid": 1}, namespace="/pgagent"
+            )
+            await sio.emit("get_job_states", {"sid": 1}, namespace="/pgagent")
+
+        @sio.on("job_status_listener_started", namespace="/pgagent")
+        async def on_started(data) -> None:
+            joined[i] += 1
+
+        @sio.on("job_states", namespace="/pgagent")
+        async def on_states(data) -> None:
+            states[i] = {j["job_id"]: j for j in data["jobs"]}
+
+        return sio
+
+    try:
+        async with _serve_on(settings, port) as service:
+            await until(
+                lambda: service.servers[1].listener.status.state.value == "connected",
+                "listener connected",
+            )
+            for i in range(n):
+                sio = make(i)
+                clients.append(sio)
+                await sio.connect(
+                    f"http://127.0.0.1:{port}",
+                    namespaces=["/pgagent"],
+                    transports=["websocket"],
+                    wait_timeout=10,
+                )
+            await until(lambda: all(joined), "every client in its room")
+        # Down: a run finishes while no instance watches.
+        db.execute(
+            "INSERT INTO pgagent.pga_joblog (jlgjobid, jlgstatus) VALUES (%s, 'f')",
+            (job_id,),
+        )
+        started = time.monotonic()
+        async with _serve_on(settings, port) as service:
+            await until(lambda: all(j >= 2 for j in joined), "every client back", 60)
+            back = time.monotonic() - started
+            room = service.sio.manager.rooms["/pgagent"].get("server:1", {})
+            assert len(room) == n
+            await until(
+                lambda: all(s.get(job_id, {}).get("status") == "f" for s in states),
+                "every client caught up on the run that ended while down",
+            )
+        print(f"{n} clients back in their rooms {back:.1f} s after the restart")
+    finally:
+        for sio in clients:
+            sio.reconnection = False
+        await asyncio.gather(
+            *(sio.disconnect() for sio in clients), return_exceptions=True
+        )
+        for sio in clients:
+            if sio.eio.http is not None:
+                await sio.eio.http.close()
