@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import engineio
@@ -63,6 +64,20 @@ class BoundedEngineIO(engineio.AsyncServer):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self.dropped = 0
         self._closing: set[asyncio.Task[Any]] = set()
+        # Each client's (host, port), to find its connection when dropped.
+        self._peers: dict[str, tuple[str, int]] = {}
+        # Set by the web server: aborts the TCP connection of a peer, so that
+        # a writer blocked on a stalled socket ends and the buffers are freed.
+        self.abort_peer: Callable[[tuple[str, int]], bool] | None = None
+
+    async def _trigger_event(self, event: str, *args: Any, **kwargs: Any) -> Any:
+        if event == "connect" and len(args) >= 2 and isinstance(args[1], dict):
+            client = args[1].get("asgi.scope", {}).get("client")
+            if client:
+                self._peers[args[0]] = (str(client[0]), int(client[1]))
+        elif event == "disconnect" and args:
+            self._peers.pop(args[0], None)
+        return await super()._trigger_event(event, *args, **kwargs)
 
     def create_queue(self, *args: Any, **kwargs: Any) -> asyncio.Queue[Any]:
         return BoundedQueue(self, self.client_queue_max)
@@ -85,6 +100,7 @@ class BoundedEngineIO(engineio.AsyncServer):  # type: ignore[misc]
         task.add_done_callback(self._closing.discard)
 
     async def _drop(self, sid: str, sock: Any) -> None:
+        peer = self._peers.get(sid)
         try:
             # abort: no CLOSE packet (it could not be delivered) and no wait
             # for the writer, which may stay blocked on the stalled socket.
@@ -94,6 +110,8 @@ class BoundedEngineIO(engineio.AsyncServer):  # type: ignore[misc]
         except Exception:
             logger.exception("dropping client %s", sid)
         self.sockets.pop(sid, None)
+        if peer is not None and self.abort_peer is not None:
+            self.abort_peer(peer)
 
 
 class AsyncServer(socketio.AsyncServer):  # type: ignore[misc]

@@ -66,7 +66,20 @@ def make_server(service: Service, host: str, port: int) -> uvicorn.Server:
         timeout_graceful_shutdown=5,
         access_log=False,
     )
-    return _Server(config)
+    server = _Server(config)
+
+    def abort_peer(peer: tuple[str, int]) -> bool:
+        # A dropped client may never read again: abort its connection, which
+        # frees the buffers and ends the writer that waits on it.
+        for conn in list(server.server_state.connections):
+            client = getattr(conn, "client", None)
+            if client is not None and tuple(client) == peer:
+                conn.transport.abort()
+                return True
+        return False
+
+    service.sio.eio.abort_peer = abort_peer
+    return server
 
 
 async def serve(
