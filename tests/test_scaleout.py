@@ -190,6 +190,19 @@ async def test_a_subscription_redis_drops_is_made_again(
                 (job_id,),
             )
             await asyncio.sleep(0.5)
+        # Both subscribed again, and they stay so (no tearing down in a loop).
+        await until(
+            lambda: all(r.service.redis.pubsub is not None for r in running),
+            "both have a pub/sub",
+        )
+        for _ in range(3):
+            numsub = await bus.pubsub_numsub("pgagent-watch")
+            if numsub[0][1] == 2:
+                break
+            await asyncio.sleep(1)
+        assert numsub[0][1] == 2, numsub
+        await asyncio.sleep(2)
+        assert (await bus.pubsub_numsub("pgagent-watch"))[0][1] == 2
         await bus.aclose()
 
 

@@ -194,6 +194,9 @@ class Listener:
                 await self._bounded(self.cursor.start_from_now(conn))
             self.status.connected_at = datetime.now(UTC)
             self._set_state(ListenerState.CONNECTED)
+            if self.coordinator is not None and self.cursor.state is not None:
+                # The next holder must start here even if no event comes.
+                self.coordinator.save(self.cursor.state)
             logger.info(
                 "listening to %s (%s)", self.server.name, self.server.describe()
             )

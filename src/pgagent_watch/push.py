@@ -269,6 +269,12 @@ class Pusher:
         self._task: asyncio.Task[None] | None = None
         self.frames = 0
         self.events = 0
+        # Batches submitted, and of those, emitted (for the Redis manager:
+        # handed to Redis). A shared replay mark may only move past events
+        # that have left (scaleout.ListenLock waits on this).
+        self.submitted = 0
+        self.emitted = 0
+        self._emitted_changed = asyncio.Event()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="pusher")
@@ -286,7 +292,14 @@ class Pusher:
     def submit(self, events: Sequence[JobEvent]) -> None:
         for event in events:
             self._pending[event.server_id].append(event.to_wire())
+        self.submitted += 1
         self._wake.set()
+
+    async def wait_emitted(self, batch: int) -> None:
+        """Return once the ``batch``-th submitted batch has been emitted."""
+        while self.emitted < batch:
+            self._emitted_changed.clear()
+            await self._emitted_changed.wait()
 
     def server_state(self, server_id: int, state: str, reason: str | None) -> None:
         payload = {"sid": server_id, "state": state, "reason": reason}
@@ -313,10 +326,17 @@ class Pusher:
 
     async def _flush(self) -> int:
         pending, self._pending = self._pending, defaultdict(list)
+        upto = self.submitted
         sent = 0
-        for server_id, waiting in pending.items():
-            for start in range(0, len(waiting), MAX_BATCH):
-                sent += await self._emit(server_id, waiting[start : start + MAX_BATCH])
+        try:
+            for server_id, waiting in pending.items():
+                for start in range(0, len(waiting), MAX_BATCH):
+                    batch = waiting[start : start + MAX_BATCH]
+                    sent += await self._emit(server_id, batch)
+        finally:
+            # Failed or not, these are done with: never wait on them again.
+            self.emitted = max(self.emitted, upto)
+            self._emitted_changed.set()
         return sent
 
     async def _emit(self, server_id: int, updates: list[JobStatusUpdate]) -> int:

@@ -6,9 +6,11 @@
   names), never step output. The pub/sub connection has no read timeout
   (an idle channel is normal); a subscription lost without an error (a
   half-open connection, a Redis that dropped the client) is found by a
-  probe this instance sends to itself every ``probe_interval``: if it does
-  not come back within ``probe_timeout`` the subscription is torn down and
-  python-socketio's own retry loop subscribes again.
+  probe this instance sends to itself every ``probe_interval``: if two in a
+  row do not come back within ``probe_timeout`` the subscription is torn
+  down and python-socketio's own retry loop subscribes again. (A count of
+  subscribers against instances, ``PUBSUB NUMSUB``, would tell that some
+  instance lost it; the probe tells each instance that it did.)
 - Listening: exactly one instance listens to a server at a time. The
   listener takes a PostgreSQL session advisory lock on its own listening
   connection; while another instance holds it, the listener waits in
@@ -30,6 +32,7 @@ import psycopg
 import socketio
 from psycopg_pool import AsyncConnectionPool
 
+from .push import Pusher
 from .replay import CursorState
 
 logger = logging.getLogger("pgagent_watch.scaleout")
@@ -63,6 +66,34 @@ class RedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         self.probes_lost = 0
         self._probe_id = 0
         self._probe_back = asyncio.Event()
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def _redis_connect(self) -> None:
+        # python-socketio makes a new client on every retry and drops the old
+        # one unclosed; redis-py's own retries may then subscribe it again, a
+        # subscriber nobody reads, which Redis buffers for until its limit.
+        old = (self.pubsub, self.redis)
+        super()._redis_connect()
+        if old[0] is not None or old[1] is not None:
+            task = asyncio.get_running_loop().create_task(self._close_old(*old))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def _close_old(self, pubsub: Any, client: Any) -> None:
+        for thing in (pubsub, client):
+            if thing is None:
+                continue
+            try:
+                await asyncio.wait_for(thing.aclose(), self.probe_timeout)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.debug("closing an old Redis client: %s", exc)
+
+    async def close(self) -> None:
+        """Close the current and the old clients (call after the listen task)."""
+        await asyncio.gather(*self._closing, return_exceptions=True)
+        await self._close_old(self.pubsub, self.redis)
 
     async def _handle_callback(self, message: dict[str, Any]) -> None:
         if (
@@ -102,7 +133,9 @@ class RedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         """Probe for ever; tear the subscription down when a probe is lost."""
         while True:
             await asyncio.sleep(self.probe_interval)
-            if self.redis is None or await self.probe():
+            # Two probes lost in a row: one alone may have been in flight
+            # while python-socketio was already subscribing again by itself.
+            if self.redis is None or await self.probe() or await self.probe():
                 continue
             self.probes_lost += 1
             logger.warning(
@@ -146,12 +179,18 @@ class ListenLock:
     """
 
     def __init__(
-        self, server_name: str, pool: AsyncConnectionPool, ready: asyncio.Event
+        self,
+        server_name: str,
+        pool: AsyncConnectionPool,
+        ready: asyncio.Event,
+        pusher: Pusher,
     ) -> None:
         self.server_name = server_name
         self.pool = pool
         self.ready = ready
+        self.pusher = pusher
         self._pending: tuple[int, int, dict[str, int]] | None = None
+        self._batch = 0
         self._wake = asyncio.Event()
 
     async def acquire(self, conn: psycopg.AsyncConnection[Any]) -> bool:
@@ -174,6 +213,10 @@ class ListenLock:
 
     def save(self, state: CursorState) -> None:
         """Remember the state to write; copied now, as the cursor moves on."""
+        # The events of this state are in the pusher's latest batch: the
+        # mark is written only once that batch has left (else a crash in
+        # between would lose them from every browser).
+        self._batch = self.pusher.submitted
         self._pending = (
             state.mark,
             state.max_id,
@@ -182,7 +225,8 @@ class ListenLock:
         self._wake.set()
 
     async def flush(self) -> None:
-        """Write the latest state now, if there is one to write."""
+        """Write the latest state once its events have left, if there is one."""
+        await self.pusher.wait_emitted(self._batch)
         pending, self._pending = self._pending, None
         if pending is None:
             return

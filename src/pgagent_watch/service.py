@@ -114,7 +114,9 @@ class Service:
         if self.redis is not None:
             # Several instances: one listens to each server, from a shared mark.
             for server in self.servers.values():
-                lock = ListenLock(server.config.name, self.state_pool, self.state_ready)
+                lock = ListenLock(
+                    server.config.name, self.state_pool, self.state_ready, self.pusher
+                )
                 server.listener.coordinator = lock
                 server.listener.standby_interval = cluster.standby_interval
                 self.locks.append(lock)
@@ -167,7 +169,7 @@ class Service:
         await self.pusher.stop()
         for lock in self.locks:
             try:
-                await lock.flush()
+                await asyncio.wait_for(lock.flush(), 5)
             except Exception as exc:
                 logger.warning("mark of %s not saved: %s", lock.server_name, exc)
         if self.redis is not None:
@@ -182,11 +184,10 @@ class Service:
         if thread is not None:
             thread.cancel()
             await asyncio.gather(thread, return_exceptions=True)
-        if redis.redis is not None:
-            try:
-                await asyncio.wait_for(redis.redis.aclose(), 2)
-            except Exception as exc:
-                logger.debug("closing Redis: %s", exc)
+        try:
+            await asyncio.wait_for(redis.close(), 2)
+        except Exception as exc:
+            logger.debug("closing Redis: %s", exc)
 
     async def _prepare_state(self) -> None:
         """Migrate the state schema, retrying until the state database answers."""
