@@ -165,7 +165,11 @@ class Service:
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            # Bounded: a task that does not end on cancel must not hold the exit.
+            _, stuck = await asyncio.wait(tasks, timeout=5)
+            for task in stuck:
+                logger.warning("task %s did not stop in 5 s", task.get_name())
         await self.pusher.stop()
         for lock in self.locks:
             try:
