@@ -406,13 +406,16 @@ async def test_random_bytes_on_the_websocket_do_not_hurt_the_service(
 # Fault 8: SIGTERM.
 
 
-async def test_sigterm_stops_the_service_cleanly_within_seconds(
-    cluster, client_factory, tmp_path: Path
+async def test_sigterm_delivers_what_is_in_flight_and_exits_0_within_seconds(
+    cluster, db, make_job, client_factory, tmp_path: Path
 ):
     port = free_port()
     config = tmp_path / "pgagent-watch.toml"
     config.write_text(
-        f'[[servers]]\nname = "test"\ndsn = "{cluster.dsn()}"\n[web]\nport = {port}\n'
+        f'[[servers]]\nname = "test"\ndsn = "{cluster.dsn()}"\n'
+        # A long coalescing tick: the second event waits in the push when
+        # the signal comes.
+        f"[web]\nport = {port}\ncoalesce_ms = 1000\n"
     )
     exe = Path(sys.executable).with_name("pgagent-watch")
     proc = subprocess.Popen(  # noqa: ASYNC220 (starting it does not block)
@@ -429,6 +432,15 @@ async def test_sigterm_stops_the_service_cleanly_within_seconds(
         client = await client_factory(f"http://127.0.0.1:{port}")
         client.sio.reconnection = False
         await client.call("start_job_status_listener", {"sid": 1})
+        job_id = make_job([Step("ok", "SELECT 1")])
+        insert = "INSERT INTO pgagent.pga_joblog (jlgjobid, jlgstatus) VALUES (%s, %s)"
+        db.execute(insert, (job_id, "r"))
+        await client.wait_for(
+            lambda c: ("run", "r") in run_updates(c.updates(), job_id), "the first"
+        )
+        db.execute(insert, (job_id, "s"))
+        await asyncio.sleep(0.3)  # read by the listener, held by the tick
+        assert ("run", "s") not in run_updates(client.updates(), job_id)
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(asyncio.to_thread(proc.wait), WAIT)
@@ -436,6 +448,7 @@ async def test_sigterm_stops_the_service_cleanly_within_seconds(
         assert code == 0, proc.stderr.read()
         assert elapsed < 5, elapsed
         await until(lambda: not client.sio.connected, "the client disconnected")
+        assert ("run", "s") in run_updates(client.updates(), job_id)
         with pytest.raises(httpx.ConnectError):
             async with httpx.AsyncClient() as http:
                 await http.get(f"http://127.0.0.1:{port}/healthz")

@@ -289,6 +289,10 @@ class Pusher:
             self._task = None
         await self._flush()
 
+    async def flush(self) -> int:
+        """Emit every event waiting now, without waiting for the next tick."""
+        return await self._flush()
+
     def submit(self, events: Sequence[JobEvent]) -> None:
         for event in events:
             self._pending[event.server_id].append(event.to_wire())

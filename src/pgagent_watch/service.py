@@ -157,6 +157,24 @@ class Service:
             await asyncio.wait_for(self.state_ready.wait(), 10)
         logger.info("watching %d servers", len(self.servers))
 
+    async def drain(self, limit: float = 2) -> None:
+        """Send the events waiting in the push and in every client's queue.
+
+        Called on shutdown while the connections are still open; gives up
+        after ``limit`` seconds (a client that does not read is not waited
+        for).
+        """
+
+        async def drained() -> None:
+            await self.pusher.flush()
+            sockets = list(self.sio.eio.sockets.values())
+            await asyncio.gather(*(s.queue.join() for s in sockets))
+
+        try:
+            await asyncio.wait_for(drained(), limit)
+        except TimeoutError:
+            logger.warning("shutdown: some clients did not take their last events")
+
     async def stop(self) -> None:
         """Stop every task, finish pending pushes, close every connection."""
         if not self.started:
