@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import random
@@ -194,6 +195,27 @@ async def test_a_browser_that_stops_reading_is_dropped_and_nobody_else_slows(
         ]
         assert len(ids) == len(set(ids)) == rows
         print(f"{rows} events of 3 kB to the reading client in {elapsed:.1f} s")
+
+
+async def test_a_step_with_more_than_a_megabyte_of_output_sends_none_of_it(
+    watch, db, client_factory, make_job, live_agent
+):
+    """C15: output is fetched over HTTP, never carried by a socket message."""
+    client = await client_factory(watch.url)
+    await client.call("start_job_status_listener", {"sid": 1})
+    script = "head -c 1200000 /dev/zero | tr '\\0' x; echo; exit 1"
+    job_id = make_job([Step("1 loud", script, kind="b")])
+    samples.run_now(db, job_id)
+    await client.wait_for(_finished(job_id), "the end of the loud run")
+    row = db.execute(
+        "SELECT length(jsloutput) FROM pgagent.pga_jobsteplog sl"
+        " JOIN pgagent.pga_joblog jl ON jl.jlgid = sl.jsljlgid WHERE jl.jlgjobid = %s",
+        (job_id,),
+    ).fetchone()
+    assert row is not None and row[0] > 1_000_000
+    for event, data in client.received:
+        assert len(json.dumps(data)) < 4096, event
+    assert ("step", "f") in run_updates(client.updates(), job_id)
 
 
 # Fault 6 / C13: a session that LISTENs and sits idle in a transaction.
