@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import aiohttp
 import httpx
 import psycopg
 import pytest
@@ -56,6 +57,19 @@ def _finished(job_id: int):
     return lambda c: any(
         k == "run" and s in FINISHED for k, s in run_updates(c.updates(), job_id)
     )
+
+
+@pytest.fixture
+async def client_factory(client_factory):
+    """Clients that do not reconnect: these tests stop services under them,
+    and a client retrying a dead port leaves an HTTP session behind."""
+
+    async def make(url: str, **kw):
+        client = await client_factory(url, **kw)
+        client.sio.reconnection = False
+        return client
+
+    return make
 
 
 # Fault 2: servers that cannot be watched at start.
@@ -566,6 +580,8 @@ async def test_a_restart_with_many_browsers_connected_rebuilds_rooms_and_catches
     settings = settings_for(cluster)
     job_id = make_job([Step("ok", "SELECT 1")])
     clients: list[socketio.AsyncClient] = []
+    # No connection limit: each websocket holds one for its lifetime.
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     joined: list[int] = [0] * n
     states: list[dict] = [{} for _ in range(n)]
 
@@ -573,7 +589,12 @@ async def test_a_restart_with_many_browsers_connected_rebuilds_rooms_and_catches
         # As the page does: jittered reconnects; on every connect, ask again
         # for the rooms and for the current job states.
         sio = socketio.AsyncClient(
-            reconnection_delay=0.2, reconnection_delay_max=2, randomization_factor=0.5
+            reconnection_delay=0.2,
+            reconnection_delay_max=2,
+            randomization_factor=0.5,
+            # One session for all: each client's own would be left open by
+            # the reconnects.
+            http_session=session,
         )
 
         @sio.on("connect", namespace="/pgagent")
@@ -631,6 +652,4 @@ async def test_a_restart_with_many_browsers_connected_rebuilds_rooms_and_catches
         await asyncio.gather(
             *(sio.disconnect() for sio in clients), return_exceptions=True
         )
-        for sio in clients:
-            if sio.eio.http is not None:
-                await sio.eio.http.close()
+        await session.close()

@@ -33,6 +33,19 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@pytest.fixture
+async def client_factory(client_factory):
+    """Clients that do not reconnect: these tests stop services under them,
+    and a client retrying a dead port leaves an HTTP session behind."""
+
+    async def make(url: str, **kw):
+        client = await client_factory(url, **kw)
+        client.sio.reconnection = False
+        return client
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def redis_port() -> Iterator[int]:
     """A real redis-server on a free port, nothing saved."""
