@@ -246,6 +246,37 @@ class AlertSettings(_Strict):
     channels: dict[str, ChannelConfig] = Field(default_factory=dict)
 
 
+class LimitSettings(_Strict):
+    """What one browser may cost: its send queue, and the events it may send."""
+
+    # Engine.IO packets waiting for one client; past this it is dropped.
+    client_queue_max: int = Field(default=1000, ge=1)
+    # A token bucket per connection: a burst, refilled at this rate.
+    socket_rate: float = Field(default=20, gt=0)
+    socket_burst: int = Field(default=100, ge=1)
+    # Refused events in a row, past which the connection is closed.
+    socket_strikes: int = Field(default=500, ge=1)
+
+
+class MetricsSettings(_Strict):
+    # How often the database-side figures (queue usage, outbox) are read.
+    interval: float = Field(default=15, gt=0)
+    # pg_notification_queue_usage() above this logs a warning.
+    queue_warn: float = Field(default=0.5, gt=0, le=1)
+
+
+class ClusterSettings(_Strict):
+    """Several instances on one Redis; each server is listened to by one of them."""
+
+    redis_url: SecretStr | None = None
+    channel: str = "pgagent-watch"
+    # A standby instance tries the listen lock this often.
+    standby_interval: float = Field(default=2, gt=0)
+    # The pub/sub self-check: a probe every interval, lost after the timeout.
+    probe_interval: float = Field(default=10, gt=0)
+    probe_timeout: float = Field(default=5, gt=0)
+
+
 class Settings(BaseSettings):
     """Everything pgagent-watch reads at start-up."""
 
@@ -266,6 +297,9 @@ class Settings(BaseSettings):
     detect: DetectSettings = DetectSettings()
     smtp: SmtpSettings = SmtpSettings()
     alerts: AlertSettings = AlertSettings()
+    limits: LimitSettings = LimitSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    cluster: ClusterSettings = ClusterSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="before")

@@ -139,7 +139,8 @@ class PayloadError(ValueError):
 def _opt_int(text: str) -> int | None:
     if text == "":
         return None
-    if not text.isdigit() or len(text) > 19:
+    # isdigit() alone accepts '²' and other digits int() refuses.
+    if not (text.isascii() and text.isdigit()) or len(text) > 19:
         raise PayloadError(f"not an id: {text[:20]!r}")
     return int(text)
 

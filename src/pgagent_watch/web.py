@@ -30,7 +30,13 @@ CSP = (
 
 # Routers of the other modules, included in this order; each module has a
 # ``router`` (an APIRouter).
-ROUTERS: list[str] = [".alerts.routes", ".routes_jobs", ".routes_page", ".detect"]
+ROUTERS: list[str] = [
+    ".alerts.routes",
+    ".routes_jobs",
+    ".routes_page",
+    ".detect",
+    ".metrics",
+]
 
 
 class ServerOut(BaseModel):
