@@ -457,6 +457,7 @@ def burst(size: Size) -> Result:
             "bare_listen_all_s": round(floor_last - start, 2),
             "bare_listen_received": len(base["arrivals"]),
             "lost": lost,
+            "duplicates": seen["duplicates"],
             "frames": seen["frames"],
             "p99_ms": _round(seen["latency"]["p99"]),
             "rss_before_mb": round(rss_before / 2**20, 1),

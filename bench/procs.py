@@ -334,9 +334,12 @@ class _Clients:
             self.changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.changed.wait(), min(left, 0.5))
-        lost = None
+        lost = duplicates = None
         if self.ids is not None:
             lost = sum(max(0, expect - len(s)) for s in self.ids)
+            duplicates = sum(
+                c - len(s) for c, s in zip(self.counts, self.ids, strict=True)
+            )
         return {
             "counts_min": min(self.counts, default=0),
             "counts_max": max(self.counts, default=0),
@@ -345,6 +348,7 @@ class _Clients:
             "first": self.first,
             "last": self.last,
             "lost_ids": lost,
+            "duplicates": duplicates,
             "latency": _percentiles([x * 1000 for x in self.latencies]),
         }
 

@@ -59,12 +59,21 @@ CREATE OR REPLACE FUNCTION pgagent_watch.capture_run()
 RETURNS trigger LANGUAGE plpgsql AS $fn$
 DECLARE
     v_id bigint;
+    v_text text;
+    v_max float8 := 0.9;
 BEGIN
     BEGIN
         INSERT INTO pgagent_watch.event (kind, job_id, jlgid, status)
         VALUES ('run', NEW.jlgjobid, NEW.jlgid, NEW.jlgstatus)
         RETURNING id INTO v_id;
-        IF pg_notification_queue_usage() < 0.9 THEN
+        -- Inline, not through pgagent_watch.notify(): a function call per
+        -- status change is most of capture's cost on pgAgent's write loop.
+        -- Same threshold rule as notify(); the setting is read only if set.
+        v_text := current_setting('pgagent_watch.notify_max_usage', true);
+        IF v_text ~ '^\s*(0|1)?(\.[0-9]+)?\s*$' AND v_text ~ '[0-9]' THEN
+            v_max := v_text::float8;
+        END IF;
+        IF pg_notification_queue_usage() < v_max THEN
             PERFORM pg_notify('pgagent_watch', v_id || ',run,' || NEW.jlgjobid
                 || ',' || NEW.jlgid || ',,' || NEW.jlgstatus);
         END IF;
@@ -79,12 +88,18 @@ CREATE OR REPLACE FUNCTION pgagent_watch.capture_step_run()
 RETURNS trigger LANGUAGE plpgsql AS $fn$
 DECLARE
     v_id bigint;
+    v_text text;
+    v_max float8 := 0.9;
 BEGIN
     BEGIN
         INSERT INTO pgagent_watch.event (kind, jlgid, jstid, jslid, status)
         VALUES ('step', NEW.jsljlgid, NEW.jsljstid, NEW.jslid, NEW.jslstatus)
         RETURNING id INTO v_id;
-        IF pg_notification_queue_usage() < 0.9 THEN
+        v_text := current_setting('pgagent_watch.notify_max_usage', true);
+        IF v_text ~ '^\s*(0|1)?(\.[0-9]+)?\s*$' AND v_text ~ '[0-9]' THEN
+            v_max := v_text::float8;
+        END IF;
+        IF pg_notification_queue_usage() < v_max THEN
             PERFORM pg_notify('pgagent_watch', v_id || ',step,,' || NEW.jsljlgid
                 || ',' || NEW.jslid || ',' || NEW.jslstatus);
         END IF;
