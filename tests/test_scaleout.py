@@ -166,6 +166,7 @@ async def test_three_instances_share_browsers_and_exactly_one_listens(
                 for r in running:
                     health = (await http.get(f"{r.url}/healthz")).json()
                     assert health["servers"]["1"]["state"] in ("connected", "standby")
+                    assert health["status"] == "ok", health
         assert sizes and max(sizes) < 4096, max(sizes, default=0)
         print(f"bus messages: {len(sizes)}, largest {max(sizes)} bytes")
     finally:
