@@ -19,7 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 from . import capture, flow, jobs, state, users
 from .access import ANONYMOUS, Principal
 from .config import ServerConfig, Settings
-from .detect import Detector, JobSettingStore
+from .detect import DetectCollector, Detector, JobSettingStore
 from .hub import Hub
 from .listener import Listener
 from .metrics import Metrics
@@ -129,6 +129,7 @@ class Service:
                 )
                 self.detectors[server.id] = server.detector
                 self.hub.add(server.detector)
+        self.metrics.registry.register(DetectCollector(self.detectors))
         if self.redis is not None:
             # Several instances: one listens to each server, from a shared mark.
             for server in self.servers.values():
@@ -354,8 +355,10 @@ class Service:
             }
             for s in self.servers.values()
         }
+        # A standby listener is healthy: another instance listens for it.
         ok = all(
-            s.listener.status.state.value == "connected" for s in self.servers.values()
+            s.listener.status.state.value in ("connected", "standby")
+            for s in self.servers.values()
         )
         ok = ok and self.state_ready.is_set()
         alerts = self.alerts.health()
