@@ -23,6 +23,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg import sql
 
 from .capture import CAPTURE_VERSION, CHANNEL
 from .config import ListenerSettings, ServerConfig
@@ -161,7 +162,9 @@ class Listener:
         self._conn = conn
         try:
             await self._check_schema(conn)
-            await self._bounded(conn.execute(f"LISTEN {CHANNEL}"))
+            await self._bounded(
+                conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+            )
             events = []
             if self.cursor.started:
                 try:

@@ -17,7 +17,13 @@ import socketio
 from psycopg_pool import AsyncConnectionPool
 
 from . import capture, jobs, state, users
-from .access import ANONYMOUS, Principal
+from .access import Principal
+from .auth.sessions import (
+    Authenticated,
+    Authenticator,
+    cookie_from_header,
+    peer_of_environ,
+)
 from .config import ServerConfig, Settings
 from .hub import Hub
 from .listener import Listener
@@ -97,6 +103,7 @@ class Service:
         self.state_error: str | None = None
         self._users_exist: tuple[float, bool] = (0.0, False)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.auth = Authenticator(self)
         self.started = False
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
@@ -195,15 +202,16 @@ class Service:
                 conn, token, self.server_ids_by_name()
             )
 
-    async def _authenticate(self, token: str | None) -> Principal | None:
+    def forget_users_exist(self) -> None:
+        """Drop the cached answer of users_exist (a user was just created)."""
+        self._users_exist = (0.0, False)
+
+    async def _authenticate(self, **how: Any) -> Authenticated | None:
         """Until users exist everyone is the anonymous administrator."""
         if not self.state_ready.is_set():
             return None
         try:
-            if token:
-                return await self.principal_for_token(token)
-            if not await self.users_exist():
-                return ANONYMOUS
+            return await self.auth.authenticate(**how)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -213,16 +221,59 @@ class Service:
     async def authenticate_socket(
         self, environ: dict[str, Any], auth: Any
     ) -> Principal | None:
-        """Who opens this socket: ``auth={"token": ...}``, or None to refuse."""
+        """Who opens this socket, or None to refuse.
+
+        ``auth={"token": ...}``, else the session cookie, else the trusted
+        proxy header. A browser's socket from another origin is refused
+        unless it brings a token.
+        """
         token = auth.get("token") if isinstance(auth, dict) else None
-        return await self._authenticate(token if isinstance(token, str) else None)
+        bearer = token if isinstance(token, str) and token else None
+        peer = peer_of_environ(environ)
+        if bearer is None and not self.auth.same_origin(
+            environ.get("HTTP_ORIGIN"), environ.get("HTTP_HOST")
+        ):
+            logger.warning("socket from a foreign origin refused")
+            return None
+        header = self.settings.auth.trusted_header
+        proxy_user = (
+            environ.get("HTTP_" + header.upper().replace("-", "_")) if header else None
+        )
+        found = await self._authenticate(
+            bearer=bearer,
+            cookie=cookie_from_header(
+                environ.get("HTTP_COOKIE"), self.auth.cookie_name
+            ),
+            proxy_user=proxy_user,
+            peer=peer,
+        )
+        return found.principal if found else None
 
     async def authenticate_request(self, request: Any) -> Principal | None:
-        """Who sends this request: ``Authorization: Bearer TOKEN``, or None."""
+        """Who sends this request: ``Authorization: Bearer TOKEN``, the session
+        cookie or the trusted proxy header; None when nobody.
+
+        The details (method, CSRF token, session) are kept in
+        ``request.state.auth``; the client address in
+        ``request.state.client_address``.
+        """
+        cached = getattr(request.state, "auth", None)
+        if isinstance(cached, Authenticated):
+            return cached.principal
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         bearer = token.strip() if scheme.lower() == "bearer" else None
-        return await self._authenticate(bearer)
+        peer = request.client.host if request.client else None
+        request.state.client_address = self.auth.client_address(peer, request.headers)
+        trusted = self.settings.auth.trusted_header
+        found = await self._authenticate(
+            bearer=bearer or None,
+            cookie=request.cookies.get(self.auth.cookie_name),
+            proxy_user=request.headers.get(trusted) if trusted else None,
+            peer=peer,
+        )
+        request.state.auth = found
+        return found.principal if found else None
 
     async def job_states(
         self, server_id: int, job_id: int | None = None

@@ -10,7 +10,7 @@ from typing import Any
 
 import socketio
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
@@ -30,7 +30,7 @@ CSP = (
 
 # Routers of the other modules, included in this order; each module has a
 # ``router`` (an APIRouter).
-ROUTERS: list[str] = []
+ROUTERS: list[str] = [".auth.routes"]
 
 
 class ServerOut(BaseModel):
@@ -74,7 +74,10 @@ def create_app(service: Service) -> socketio.ASGIApp:
         return response
 
     @api.get("/", include_in_schema=False)
-    async def page() -> FileResponse:
+    async def page(request: Request) -> Response:
+        """The page; once users exist, only after sign-in."""
+        if await service.authenticate_request(request) is None:
+            return RedirectResponse("/login", 303)
         return FileResponse(f"{static_dir()}/index.html")
 
     @api.get("/api/servers", response_model=list[ServerOut], tags=["servers"])

@@ -1,0 +1,676 @@
+"""Users, sign-in, roles, CSRF and secrets against the real service.
+
+One service for the module, watching two databases of the test cluster
+("test": the daemon's, "two": a second one) and one that is down, with its
+own state database so that the users made here never reach other modules.
+The generic tests walk the OpenAPI description, so that routes added by
+other modules are held to the same rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import socketio
+from itsdangerous import URLSafeTimedSerializer
+
+from pgagent_watch import samples, users
+from pgagent_watch.cluster import Cluster, free_port
+from pgagent_watch.demo import prepare_database
+
+from .fix_cluster import Running, running_service, settings_for, until
+
+SECRET = "S3cret-Passw0rd-4-leak-test"
+PASSWORD = "correct horse battery"
+STATE_DB = "auth_state"
+SECOND_DB = "auth_two"
+# Routes anyone may read, without signing in.
+PUBLIC = {"/healthz"}
+STATE_CHANGING = {"post", "put", "patch", "delete"}
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@dataclass
+class Stack:
+    running: Running
+    state_dsn: str
+    logs: _Collect
+    tokens: dict[str, str] = field(default_factory=dict)
+    ids: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return self.running.url
+
+
+def _create_db(cluster: Cluster, name: str) -> None:
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        cur = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+        if cur.fetchone() is None:
+            conn.execute(
+                psycopg.sql.SQL("CREATE DATABASE {}").format(
+                    psycopg.sql.Identifier(name)
+                )
+            )
+
+
+# name -> (role, servers)
+USERS: dict[str, tuple[str, list[str] | None]] = {
+    "admin": ("admin", None),
+    "op1": ("operator", ["test"]),
+    "view1": ("viewer", ["test"]),
+    "view2": ("viewer", ["two"]),
+    "slow": ("viewer", None),
+    "fuzzer": ("admin", None),
+}
+
+
+@pytest.fixture(scope="module")
+async def stack(cluster: Cluster) -> AsyncIterator[Stack]:
+    _create_db(cluster, STATE_DB)
+    _create_db(cluster, SECOND_DB)
+    prepare_database(cluster.dsn(SECOND_DB))
+    logs = _Collect()
+    root = logging.getLogger()
+    ours = logging.getLogger("pgagent_watch")
+    old_level = ours.level
+    root.addHandler(logs)
+    ours.setLevel(logging.DEBUG)
+    settings = settings_for(
+        cluster,
+        servers=[
+            {"name": "test", "dsn": cluster.dsn()},
+            {"name": "two", "dsn": cluster.dsn(SECOND_DB), "password": SECRET},
+            {
+                "name": "down",
+                "host": "127.0.0.1",
+                "port": free_port(),
+                "dbname": "postgres",
+                "user": "nobody",
+                "password": SECRET,
+            },
+        ],
+        state_dsn=cluster.dsn(STATE_DB),
+        auth={"free_attempts": 2, "backoff_initial": 30, "backoff_max": 60},
+    )
+    try:
+        async with running_service(settings) as running:
+            service = running.service
+            await until(service.state_ready.is_set, "state database ready")
+            st = Stack(running, cluster.dsn(STATE_DB), logs)
+            async with service.state_pool.connection() as conn:
+                await conn.execute(
+                    "TRUNCATE pgagent_watch.app_user, pgagent_watch.audit CASCADE"
+                )
+                for name, (role, servers) in USERS.items():
+                    st.ids[name] = await users.create_user(
+                        conn, name, role, password=PASSWORD, servers=servers
+                    )
+                    st.tokens[name] = await users.create_token(conn, st.ids[name])
+            service.forget_users_exist()
+            await until(
+                lambda: service.servers[1].listener.status.state.value == "connected",
+                "listener of test connected",
+            )
+            yield st
+    finally:
+        root.removeHandler(logs)
+        ours.setLevel(old_level)
+
+
+def bearer(st: Stack, name: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {st.tokens[name]}"}
+
+
+class Session:
+    """A signed-in browser: the cookie and the CSRF token from /api/me."""
+
+    def __init__(self, client: httpx.AsyncClient, csrf: str, cookie: str) -> None:
+        self.client = client
+        self.csrf = csrf
+        self.cookie = cookie
+
+    async def __aenter__(self) -> Session:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.client.aclose()
+
+
+async def sign_in(st: Stack, name: str, password: str = PASSWORD) -> Session:
+    client = httpx.AsyncClient(base_url=st.url, follow_redirects=False, timeout=30)
+    r = await client.post(
+        "/login", data={"name": name, "password": password, "next": "/"}
+    )
+    assert r.status_code == 303, r.text
+    me = await client.get("/api/me")
+    assert me.status_code == 200
+    return Session(client, me.json()["csrf_token"], client.cookies["pgw_session"])
+
+
+async def api(st: Stack, cookie: str | None = None) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=st.url,
+        follow_redirects=False,
+        timeout=30,
+        cookies={"pgw_session": cookie} if cookie else None,
+    )
+
+
+async def routes(st: Stack) -> list[tuple[str, str, dict[str, Any]]]:
+    """(method, path, operation) of every route in the OpenAPI description."""
+    async with await api(st) as c:
+        schema = (await c.get("/api/openapi.json", headers=bearer(st, "admin"))).json()
+    out = []
+    for path, ops in schema["paths"].items():
+        for method, op in ops.items():
+            if method in {"get", "post", "put", "patch", "delete"}:
+                out.append((method, path, op))
+    return out
+
+
+def filled(path: str, value: str = "1") -> str:
+    return re.sub(r"\{[^}]+\}", value, path)
+
+
+# -- sign-in and the page -----------------------------------------------------
+
+
+async def test_the_page_sends_nobody_anywhere_but_the_sign_in_page(
+    stack: Stack,
+) -> None:
+    async with await api(stack) as c:
+        r = await c.get("/")
+        assert r.status_code == 303 and r.headers["location"] == "/login"
+        page = await c.get("/login")
+        assert page.status_code == 200
+        assert 'name="password"' in page.text
+        csp = page.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+        assert (await c.get("/api/servers")).status_code == 401
+        assert (await c.get("/admin")).status_code == 303
+
+
+async def test_a_signed_in_user_gets_an_httponly_samesite_cookie_and_the_page(
+    stack: Stack,
+) -> None:
+    client = httpx.AsyncClient(base_url=stack.url, follow_redirects=False)
+    async with client:
+        r = await client.post(
+            "/login",
+            data={"name": "view1", "password": PASSWORD, "next": "//evil.example/"},
+        )
+        assert r.status_code == 303
+        assert r.headers["location"] == "/"
+        cookie = r.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=lax" in cookie
+        assert (await client.get("/")).status_code == 200
+        me = (await client.get("/api/me")).json()
+        assert me["name"] == "view1" and me["role"] == "viewer"
+        assert me["servers"] == [1] and me["csrf_token"]
+
+
+async def test_a_wrong_password_is_refused_and_repeated_failures_are_slowed(
+    stack: Stack,
+) -> None:
+    async with await api(stack) as c:
+        for _ in range(2):
+            r = await c.post("/login", data={"name": "slow", "password": "wrong-one"})
+            assert r.status_code == 401
+            assert "wrong name or password" in r.text
+        # Two failures are free; now even the right password waits.
+        r = await c.post("/login", data={"name": "slow", "password": PASSWORD})
+        assert r.status_code == 429
+        assert int(r.headers["retry-after"]) > 0
+        # Another user from the same address is not held back.
+        async with await sign_in(stack, "view2") as other:
+            assert other.csrf
+        audit = await c.get(
+            "/api/audit", params={"user": "slow"}, headers=bearer(stack, "admin")
+        )
+        entries = audit.json()
+        assert entries and all(not e["ok"] for e in entries)
+        assert all(e["address"] == "127.0.0.1" for e in entries)
+
+
+async def test_sign_in_from_a_foreign_origin_is_refused(stack: Stack) -> None:
+    async with await api(stack) as c:
+        r = await c.post(
+            "/login",
+            data={"name": "view1", "password": PASSWORD},
+            headers={"Origin": "http://evil.example"},
+        )
+        assert r.status_code == 403
+        assert "pgw_session" not in r.headers.get("set-cookie", "")
+
+
+async def test_sign_out_needs_the_csrf_token_and_ends_the_session(
+    stack: Stack,
+) -> None:
+    s = await sign_in(stack, "view1")
+    async with s:
+        assert (await s.client.post("/api/logout")).status_code == 403
+        r = await s.client.post("/api/logout", headers={"X-CSRF-Token": s.csrf})
+        assert r.status_code == 204
+    async with await api(stack, s.cookie) as c:
+        r = await c.get("/api/me")
+        assert r.status_code == 401
+        audit = await c.get(
+            "/api/audit",
+            params={"action": "auth.sign_out"},
+            headers=bearer(stack, "admin"),
+        )
+        assert any(e["user_name"] == "view1" for e in audit.json())
+
+
+async def test_the_sign_out_form_ends_the_session(stack: Stack) -> None:
+    s = await sign_in(stack, "view2")
+    async with s:
+        form = await s.client.get("/logout")
+        assert s.csrf in form.text
+        bad = await s.client.post("/logout", data={"csrf_token": "nope"})
+        assert bad.status_code == 403
+        r = await s.client.post("/logout", data={"csrf_token": s.csrf})
+        assert r.status_code == 303
+        assert (await s.client.get("/api/me")).status_code == 401
+
+
+async def test_an_expired_or_forged_cookie_is_refused(stack: Stack) -> None:
+    s = await sign_in(stack, "view1")
+    await s.client.aclose()
+    forged = URLSafeTimedSerializer("not the key", salt="pgw-session").dumps("x")
+    for bad in (forged, "garbage", s.cookie + "x"):
+        async with await api(stack, bad) as c:
+            r = await c.get("/api/me")
+            assert r.status_code == 401
+    async with await api(stack, s.cookie) as c:
+        assert (await c.get("/api/me")).status_code == 200
+        with psycopg.connect(stack.state_dsn, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE pgagent_watch.auth_session"
+                " SET last_seen_at = now() - interval '2 hours'"
+            )
+        r = await c.get("/api/me")
+        assert r.status_code == 401
+
+
+# -- every route, generically --------------------------------------------------
+
+
+async def test_every_route_requires_authentication_once_users_exist(
+    stack: Stack,
+) -> None:
+    found = await routes(stack)
+    assert len(found) >= 10
+    async with await api(stack) as c:
+        for method, path, _ in found:
+            if path in PUBLIC:
+                continue
+            r = await c.request(method, filled(path), json={})
+            assert r.status_code == 401, (method, path, r.status_code, r.text)
+
+
+async def test_every_state_changing_route_needs_csrf_from_a_cookie_session(
+    stack: Stack,
+) -> None:
+    s = await sign_in(stack, "admin")
+    async with s:
+        for method, path, _ in await routes(stack):
+            if method not in STATE_CHANGING:
+                continue
+            for headers in ({}, {"X-CSRF-Token": "wrong"}, {"X-CSRF-Token": ""}):
+                r = await s.client.request(
+                    method, filled(path), json={}, headers=headers
+                )
+                assert r.status_code == 403, (method, path, headers, r.text)
+        # The right token passes the check (whatever the route says next).
+        r = await s.client.post(
+            "/api/tokens", json={"name": "t"}, headers={"X-CSRF-Token": s.csrf}
+        )
+        assert r.status_code == 201
+
+
+BAD_IDS = [
+    "-1",
+    "0",
+    str(2**31),
+    str(2**63),
+    "99999999999999999999999",
+    "abc",
+    "1.5",
+    "1;DROP TABLE x",
+    "1' OR '1'='1",
+    "%C3%A9",
+    "%D9%A1",
+    "%00",
+    "1e3",
+]
+
+
+async def test_bad_ids_in_every_route_get_a_4xx_never_a_500(stack: Stack) -> None:
+    async with await api(stack) as c:
+        for method, path, _ in await routes(stack):
+            if "{" not in path:
+                continue
+            for bad in BAD_IDS:
+                r = await c.request(
+                    method, filled(path, bad), json={}, headers=bearer(stack, "admin")
+                )
+                assert 400 <= r.status_code < 500, (method, path, bad, r.status_code)
+                assert SECRET not in r.text
+
+
+async def test_a_viewer_changes_nothing_on_a_server_and_an_operator_only_on_theirs(
+    stack: Stack,
+) -> None:
+    async with await api(stack) as c:
+        for method, path, _ in await routes(stack):
+            if method not in STATE_CHANGING or not path.startswith("/api/servers/"):
+                continue
+            for who, server in (("view1", "1"), ("op1", "2"), ("view2", "1")):
+                r = await c.request(
+                    method,
+                    filled(path).replace("/api/servers/1", f"/api/servers/{server}", 1),
+                    json={},
+                    headers=bearer(stack, who),
+                )
+                assert r.status_code >= 400, (who, method, path, r.text)
+
+
+# -- explicit expectations per role -------------------------------------------
+
+
+async def test_each_role_sees_only_its_servers(stack: Stack) -> None:
+    async with await api(stack) as c:
+        seen = {}
+        for who in ("admin", "op1", "view1", "view2"):
+            r = await c.get("/api/servers", headers=bearer(stack, who))
+            seen[who] = sorted(s["id"] for s in r.json())
+        assert seen == {
+            "admin": [1, 2, 3],
+            "op1": [1],
+            "view1": [1],
+            "view2": [2],
+        }
+        assert (
+            await c.get("/api/servers/1/jobs", headers=bearer(stack, "view1"))
+        ).status_code == 200
+        # Not granted and absent look the same.
+        for path in ("/api/servers/1/jobs", "/api/servers/99/jobs"):
+            r = await c.get(path, headers=bearer(stack, "view2"))
+            assert r.status_code == 404
+
+
+@pytest.mark.parametrize("who", ["op1", "view1"])
+async def test_only_an_admin_manages_users_and_reads_the_audit(
+    stack: Stack, who: str
+) -> None:
+    async with await api(stack) as c:
+        h = bearer(stack, who)
+        uid = stack.ids["view2"]
+        for method, path, body in (
+            ("GET", "/api/users", None),
+            ("POST", "/api/users", {"name": "intruder", "role": "admin"}),
+            ("GET", f"/api/users/{uid}", None),
+            ("PATCH", f"/api/users/{uid}", {"role": "admin"}),
+            ("PUT", f"/api/users/{uid}/grants", {"servers": ["*"]}),
+            ("DELETE", f"/api/users/{uid}", None),
+            ("GET", "/api/audit", None),
+        ):
+            r = await c.request(method, path, json=body, headers=h)
+            assert r.status_code == 403, (who, method, path, r.text)
+        page = await c.get("/admin", headers=h)
+        assert page.status_code == 403
+
+
+async def test_an_admin_creates_changes_and_deletes_a_user_and_it_is_audited(
+    stack: Stack,
+) -> None:
+    async with await api(stack) as c:
+        h = bearer(stack, "admin")
+        r = await c.post(
+            "/api/users",
+            json={"name": "newbie", "email": "n@example.org", "servers": ["two"]},
+            headers=h,
+        )
+        assert r.status_code == 201, r.text
+        created = r.json()
+        assert created["role"] == "viewer" and len(created["password"]) >= 16
+        assert "password_hash" not in r.text
+        dup = await c.post("/api/users", json={"name": "newbie"}, headers=h)
+        assert dup.status_code == 409
+        s = await sign_in(stack, "newbie", created["password"])
+        async with s:
+            assert (await s.client.get("/api/me")).json()["servers"] == [2]
+            r = await c.put(
+                f"/api/users/{created['id']}/grants",
+                json={"servers": ["test", "two"]},
+                headers=h,
+            )
+            assert r.json()["servers"] == ["test", "two"]
+            assert (await s.client.get("/api/me")).json()["servers"] == [1, 2]
+            r = await c.patch(
+                f"/api/users/{created['id']}", json={"disabled": True}, headers=h
+            )
+            assert r.status_code == 200 and r.json()["disabled"]
+            # Disabling ends the user's sessions.
+            assert (await s.client.get("/api/me")).status_code == 401
+        assert (
+            await c.delete(f"/api/users/{created['id']}", headers=h)
+        ).status_code == 204
+        assert (
+            await c.get(f"/api/users/{created['id']}", headers=h)
+        ).status_code == 404
+        actions = [
+            e["action"]
+            for e in (await c.get("/api/audit", headers=h)).json()
+            if e["target"] == "newbie"
+        ]
+        for action in ("user.create", "user.grants", "user.update", "user.delete"):
+            assert action in actions
+        page = await c.get("/admin", headers=h)
+        assert page.status_code == 200 and "user.delete" in page.text
+
+
+async def test_the_last_admin_cannot_be_demoted(stack: Stack) -> None:
+    async with await api(stack) as c:
+        h = bearer(stack, "admin")
+        r = await c.post(
+            "/api/users", json={"name": "solo", "role": "admin"}, headers=h
+        )
+        solo = r.json()["id"]
+        # Two other admins exist; demoting this one is fine, then restore.
+        r = await c.patch(f"/api/users/{solo}", json={"role": "viewer"}, headers=h)
+        assert r.status_code == 200
+        await c.delete(f"/api/users/{solo}", headers=h)
+
+
+async def test_everyone_manages_their_own_tokens_only(stack: Stack) -> None:
+    async with await api(stack) as c:
+        r = await c.post(
+            "/api/tokens", json={"name": "script"}, headers=bearer(stack, "view2")
+        )
+        assert r.status_code == 201
+        created = r.json()
+        token = created["token"]
+        listed = await c.get("/api/tokens", headers=bearer(stack, "view2"))
+        assert token not in listed.text
+        assert created["id"] in [t["id"] for t in listed.json()]
+        other = await c.get("/api/tokens", headers=bearer(stack, "view1"))
+        assert created["id"] not in [t["id"] for t in other.json()]
+        # Someone else's token looks absent; its owner revokes it.
+        r = await c.delete(
+            f"/api/tokens/{created['id']}", headers=bearer(stack, "view1")
+        )
+        assert r.status_code == 404
+        fresh = {"Authorization": f"Bearer {token}"}
+        assert (await c.get("/api/me", headers=fresh)).status_code == 200
+        r = await c.delete(
+            f"/api/tokens/{created['id']}", headers=bearer(stack, "view2")
+        )
+        assert r.status_code == 204
+        assert (await c.get("/api/me", headers=fresh)).status_code == 401
+        with psycopg.connect(stack.state_dsn, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pgagent_watch.api_token WHERE token_hash::text"
+                " LIKE %s",
+                (f"%{token.encode().hex()}%",),
+            ).fetchone()
+            assert row is not None and row[0] == 0
+
+
+# -- the socket -----------------------------------------------------------------
+
+
+async def _refused(url: str, **kw: Any) -> None:
+    sio = socketio.AsyncClient(reconnection=False)
+    try:
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await sio.connect(
+                url, namespaces=["/pgagent"], transports=["websocket"], **kw
+            )
+    finally:
+        await sio.disconnect()
+
+
+async def test_a_socket_without_a_valid_session_or_token_is_refused(
+    stack: Stack, client_factory: Any
+) -> None:
+    await _refused(stack.url)
+    await _refused(stack.url, auth={"token": "pgw_wrong"})
+    forged = URLSafeTimedSerializer("not the key", salt="pgw-session").dumps("x")
+    await _refused(stack.url, headers={"Cookie": f"pgw_session={forged}"})
+    s = await sign_in(stack, "view1")
+    await s.client.aclose()
+    cookie = {"Cookie": f"pgw_session={s.cookie}"}
+    # A valid cookie, but from another site's page.
+    await _refused(stack.url, headers={**cookie, "Origin": "http://evil.example"})
+    ok = await client_factory(stack.url, headers=cookie)
+    assert ok.sio.connected
+    with psycopg.connect(stack.state_dsn, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE pgagent_watch.auth_session"
+            " SET last_seen_at = now() - interval '2 hours'"
+        )
+    await _refused(stack.url, headers=cookie)
+
+
+async def test_a_socket_gets_only_the_servers_its_user_may_see(
+    stack: Stack, client_factory: Any, make_job: Any, db: Any, live_agent: Any
+) -> None:
+    s1 = await sign_in(stack, "view1")
+    await s1.client.aclose()
+    view1 = await client_factory(
+        stack.url, headers={"Cookie": f"pgw_session={s1.cookie}"}
+    )
+    view2 = await client_factory(stack.url, auth={"token": stack.tokens["view2"]})
+    refused = await view2.call("start_job_status_listener", {"sid": 1})
+    assert refused["code"] == "FORBIDDEN"
+    assert (await view2.call("get_job_states", {"sid": 1}))["code"] == "FORBIDDEN"
+    assert (await view2.call("start_job_status_listener", {"sid": 2}))["sid"] == 2
+    assert (await view1.call("start_job_status_listener", {"sid": 1}))["sid"] == 1
+    rooms = stack.running.service.sio.manager.get_rooms(
+        view2.sio.get_sid("/pgagent"), "/pgagent"
+    )
+    assert "server:1" not in rooms
+
+    job_id = make_job([samples.Step("1 quick", "SELECT 1")])
+    samples.run_now(db, job_id)
+    await view1.wait_for(
+        lambda c: any(
+            u["job_id"] == job_id and u["kind"] == "run" and u["status"] == "s"
+            for u in c.updates()
+        ),
+        "the run's end on view1",
+    )
+    await asyncio.sleep(0.2)
+    assert not [u for u in view2.updates() if u["sid"] == 1]
+
+
+# -- secrets --------------------------------------------------------------------
+
+
+async def test_no_secret_reaches_a_response_or_a_log(stack: Stack) -> None:
+    await until(
+        lambda: stack.running.service.servers[3].listener.status.reason,
+        "the down server's failure",
+    )
+    s = await sign_in(stack, "admin")
+    async with s:
+        bodies = []
+        for path in ("/healthz", "/", "/admin", "/login", "/logout", "/api/me"):
+            bodies.append((await s.client.get(path)).text)
+        for method, path, _ in await routes(stack):
+            if method == "get":
+                for sid in ("1", "2", "3"):
+                    r = await s.client.get(filled(path, sid))
+                    bodies.append(r.text + str(r.headers))
+    for body in bodies:
+        assert SECRET not in body
+    assert stack.logs.lines, "no log captured"
+    assert not [line for line in stack.logs.lines if SECRET in line]
+
+
+# -- the fuzz run (last: it may change or delete anything) ------------------
+
+
+@pytest.mark.slow
+async def test_a_fuzz_run_from_the_openapi_description_finds_no_500_and_no_leak(
+    stack: Stack, tmp_path: Any
+) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        "schemathesis",
+        "run",
+        f"{stack.url}/api/openapi.json",
+        "--header",
+        f"Authorization: Bearer {stack.tokens['fuzzer']}",
+        "--checks",
+        "not_a_server_error",
+        "--phases",
+        "examples,coverage,fuzzing",
+        "--max-examples",
+        "25",
+        "--workers",
+        "1",
+        "--seed",
+        "7",
+        "--request-timeout",
+        "20",
+        "--no-color",
+        "--report",
+        "har",
+        "--report-dir",
+        str(tmp_path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={"PATH": _venv_path(), "HOME": str(tmp_path)},
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 240)
+    text = out.decode(errors="replace")
+    assert proc.returncode == 0, text[-6000:]
+    for har in tmp_path.rglob("*.har"):
+        assert SECRET not in har.read_text(errors="replace")
+
+
+def _venv_path() -> str:
+    import os
+    import sys
+    from pathlib import Path
+
+    return f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
