@@ -24,7 +24,9 @@ from .errors import PgAgentWatchError
 AnyConn = psycopg.AsyncConnection[Any]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
-_EMAIL = re.compile(r"^[^@\s<>\"',;]{1,64}@[^@\s<>\"',;]{1,255}$")
+_EMAIL = re.compile(
+    r"^[^@\s<>\"',;\x00-\x1f\x7f]{1,64}@[^@\s<>\"',;\x00-\x1f\x7f]{1,255}$"
+)
 TOKEN_PREFIX = "pgw_"
 _hasher = PasswordHasher()
 
@@ -33,14 +35,18 @@ class UserError(PgAgentWatchError, ValueError):
     """A user name, address, role or password that cannot be accepted."""
 
 
+def valid_name(name: str) -> bool:
+    return bool(_NAME.fullmatch(name))
+
+
 def check_name(name: str) -> str:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise UserError("a user name is 1 to 64 letters, digits, '.', '_', '@' or '-'")
     return name
 
 
 def check_email(email: str | None) -> str | None:
-    if email is not None and not _EMAIL.match(email):
+    if email is not None and not _EMAIL.fullmatch(email):
         raise UserError(f"not an e-mail address: {email[:80]!r}")
     return email
 
@@ -270,7 +276,7 @@ async def _other_admins(conn: AnyConn, user_id: int) -> int:
 async def set_grants(conn: AnyConn, user_id: int, servers: list[str]) -> None:
     """Replace a user's grants: server names, or '*' for every server."""
     for server in servers:
-        if server != "*" and not _NAME.match(server):
+        if server != "*" and not _NAME.fullmatch(server):
             raise UserError(f"not a server name: {server[:80]!r}")
     async with conn.transaction():
         await conn.execute(

@@ -30,7 +30,10 @@ UserIdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="a user id")]
 TokenIdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="an API token id")]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
 SERVER_PATTERN = r"^(\*|[A-Za-z0-9][A-Za-z0-9_.-]{0,63})$"
-EMAIL_PATTERN = r"^[^@\s<>\"',;]{1,64}@[^@\s<>\"',;]{1,255}$"
+_LOCAL = r"[^@\s<>\"',;\x00-\x1f\x7f]"
+EMAIL_PATTERN = rf"^{_LOCAL}{{1,64}}@{_LOCAL}{{1,255}}$"
+# Free text: PostgreSQL text holds no NUL, and no control character belongs.
+TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*$"
 ServerName = Annotated[str, Field(pattern=SERVER_PATTERN)]
 
 
@@ -61,7 +64,7 @@ class GrantsIn(_In):
 
 
 class TokenIn(_In):
-    name: str = Field(default="", max_length=100)
+    name: str = Field(default="", max_length=100, pattern=TEXT_PATTERN)
 
 
 class UserOut(BaseModel):
@@ -375,8 +378,11 @@ async def update_user(
     """Change a user's address, role, password, grants, or disable it.
 
     Disabling a user or changing its password ends its sessions; the last
-    enabled administrator cannot be demoted or disabled (422).
+    enabled administrator cannot be demoted or disabled, and nobody can
+    disable or demote themselves (422).
     """
+    if user_id == who.user_id and (body.disabled or body.role not in (None, who.role)):
+        raise HTTPException(422, "you cannot disable or demote yourself")
     try:
         async with service.state_pool.connection(timeout=5) as conn:
             changed = await users.update_user(
@@ -437,7 +443,12 @@ async def set_grants(
 async def delete_user(
     user_id: UserIdPath, request: Request, service: ServiceDep, who: Admin
 ) -> Response:
-    """Delete a user with its grants, tokens and sessions (the audit trail stays)."""
+    """Delete a user with its grants, tokens and sessions (the audit trail stays).
+
+    Nobody deletes themselves (422).
+    """
+    if user_id == who.user_id:
+        raise HTTPException(422, "you cannot delete yourself")
     try:
         async with service.state_pool.connection(timeout=5) as conn:
             found = await users.get_user(conn, user_id)
@@ -512,8 +523,8 @@ async def read_audit(
     who: Admin,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     before_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
-    action: Annotated[str | None, Query(max_length=64)] = None,
-    user: Annotated[str | None, Query(max_length=100)] = None,
+    action: Annotated[str | None, Query(max_length=64, pattern=TEXT_PATTERN)] = None,
+    user: Annotated[str | None, Query(max_length=100, pattern=TEXT_PATTERN)] = None,
 ) -> list[audit.AuditEntry]:
     """The newest entries first; page with ``before_id``."""
     return await audit.entries(

@@ -234,8 +234,10 @@ class Authenticator:
         return None
 
     async def _proxy_user(self, name: str) -> Authenticated | None:
+        if not users.valid_name(name):
+            return None
         async with self.service.state_pool.connection(timeout=5) as conn:
-            user_id = await users.user_id_by_name(conn, name[:64])
+            user_id = await users.user_id_by_name(conn, name)
             if user_id is None:
                 return None
             who = await users.principal_for_user(
@@ -286,8 +288,12 @@ class Authenticator:
         wait = self.throttle.wait(name, address)
         if wait > 0:
             raise SignInRefused("too many failed sign-ins: wait and try again", wait)
+        if not users.valid_name(name):
+            # Not a name any user can have (and maybe not storable at all).
+            self.throttle.failed(name, address)
+            raise SignInRefused("wrong name or password")
         async with self.service.state_pool.connection(timeout=5) as conn:
-            user_id = await users.check_credentials(conn, name[:64], password[:1024])
+            user_id = await users.check_credentials(conn, name, password[:1024])
             if user_id is None:
                 self.throttle.failed(name, address)
                 raise SignInRefused("wrong name or password")
