@@ -689,3 +689,100 @@ def _venv_path() -> str:
     from pathlib import Path
 
     return f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+# -- the trusted proxy header and reflected input ------------------------------
+
+
+async def test_a_trusted_proxy_header_signs_in_only_from_the_trusted_proxy(
+    stack: Stack, cluster: Cluster, client_factory: Any
+) -> None:
+    for proxies, trusted in ((["127.0.0.1/32"], True), (["10.0.0.0/8"], False)):
+        settings = settings_for(
+            cluster,
+            state_dsn=cluster.dsn(STATE_DB),
+            auth={"trusted_header": "X-Remote-User", "trusted_proxies": proxies},
+        )
+        async with running_service(settings) as running:
+            await until(running.service.state_ready.is_set, "state ready")
+            async with httpx.AsyncClient(base_url=running.url) as c:
+                as_view1 = {"X-Remote-User": "view1"}
+                r = await c.get("/api/me", headers=as_view1)
+                if not trusted:
+                    assert r.status_code == 401
+                    continue
+                assert r.json()["name"] == "view1"
+                assert r.json()["method"] == "proxy"
+                unknown = await c.get("/api/me", headers={"X-Remote-User": "ghost"})
+                assert unknown.status_code == 401
+                csrf = r.json()["csrf_token"]
+                no_csrf = await c.post("/api/tokens", json={}, headers=as_view1)
+                assert no_csrf.status_code == 403
+                ok = await c.post(
+                    "/api/tokens", json={}, headers={**as_view1, "X-CSRF-Token": csrf}
+                )
+                assert ok.status_code == 201
+            sock = await client_factory(running.url, headers=as_view1)
+            assert (await sock.call("start_job_status_listener", {"sid": 1}))["sid"]
+            await sock.close()
+
+
+async def test_what_the_sign_in_page_echoes_is_escaped(stack: Stack) -> None:
+    evil = '/"><script>alert(1)</script>'
+    async with await api(stack) as c:
+        page = await c.get("/login", params={"next": evil})
+        assert "<script>" not in page.text
+        assert "&lt;script&gt;" in page.text
+        r = await c.post(
+            "/login",
+            data={"name": "<img src=x onerror=alert(1)>", "password": "x" * 8},
+        )
+        assert r.status_code == 401 and "<img" not in r.text
+        nul = await c.post("/login", data={"name": "ad\x00min", "password": "x"})
+        assert nul.status_code == 401
+        r = await c.post(
+            "/api/tokens", json={"name": "a\x00b"}, headers=bearer(stack, "view1")
+        )
+        assert r.status_code == 422
+
+
+@pytest.mark.browser
+async def test_a_browser_signs_in_reaches_the_live_page_and_signs_out(
+    stack: Stack,
+) -> None:
+    import shutil
+
+    from playwright.async_api import async_playwright, expect
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=shutil.which("chromium"),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            page = await browser.new_page()
+            errors: list[str] = []
+            page.on(
+                "console",
+                lambda m: errors.append(m.text) if m.type == "error" else None,
+            )
+            await page.goto(stack.url + "/")
+            assert page.url.endswith("/login")
+            await page.fill("input[name=name]", "view1")
+            await page.fill("input[name=password]", PASSWORD)
+            await page.click("button[type=submit]")
+            await page.wait_for_url(stack.url + "/")
+            # The socket is opened with the session cookie, from our own origin.
+            await expect(page.locator("#live")).to_have_text("live", timeout=30_000)
+            cookies = await page.context.cookies()
+            session = next(c for c in cookies if c["name"] == "pgw_session")
+            assert session["httpOnly"] and session["sameSite"] == "Lax"
+            assert "pgw_session" not in await page.evaluate("() => document.cookie")
+            await page.goto(stack.url + "/logout")
+            await page.click("button[type=submit]")
+            await page.wait_for_url(stack.url + "/login")
+            await page.goto(stack.url + "/")
+            assert page.url.endswith("/login")
+            assert not [e for e in errors if "Content Security Policy" in e]
+        finally:
+            await browser.close()

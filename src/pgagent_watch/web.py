@@ -78,7 +78,10 @@ def create_app(service: Service) -> socketio.ASGIApp:
         """The page; once users exist, only after sign-in."""
         if await service.authenticate_request(request) is None:
             return RedirectResponse("/login", 303)
-        return FileResponse(f"{static_dir()}/index.html")
+        # Never from a cache: after sign-out the page must ask again.
+        return FileResponse(
+            f"{static_dir()}/index.html", headers={"Cache-Control": "no-store"}
+        )
 
     @api.get("/api/servers", response_model=list[ServerOut], tags=["servers"])
     async def list_servers(who: Who) -> list[dict[str, Any]]:
