@@ -117,7 +117,9 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def running_service(settings: Settings) -> AsyncIterator[Running]:
+async def running_service(
+    settings: Settings, wait_state: bool = True
+) -> AsyncIterator[Running]:
     service = Service(settings)
     port = free_port()
     server = make_server(service, "127.0.0.1", port)
@@ -127,6 +129,8 @@ async def running_service(settings: Settings) -> AsyncIterator[Running]:
         if task.done() or time.monotonic() > deadline:
             raise RuntimeError("the service did not start")
         await asyncio.sleep(0.02)
+    if wait_state:
+        await asyncio.wait_for(service.state_ready.wait(), WAIT)
     try:
         yield Running(service, port)
     finally:
@@ -223,6 +227,14 @@ class Client:
 
     async def close(self) -> None:
         await self.sio.disconnect()
+        await close_http(self.sio)
+
+
+async def close_http(sio: socketio.AsyncClient) -> None:
+    """Close engineio's HTTP session, which a refused or reconnecting client keeps."""
+    http = getattr(sio.eio, "http", None)
+    if http is not None and not http.closed:
+        await http.close()
 
 
 @pytest.fixture
@@ -230,7 +242,12 @@ async def client_factory() -> AsyncIterator[Callable[..., Any]]:
     clients: list[Client] = []
 
     async def make(url: str, **kw: Any) -> Client:
-        c = await Client().connect(url, **kw)
+        c = Client()
+        try:
+            await c.connect(url, **kw)
+        except BaseException:
+            await close_http(c.sio)
+            raise
         clients.append(c)
         return c
 

@@ -151,3 +151,35 @@ async def test_a_late_client_gets_every_jobs_current_state(
     job = next(j for j in answer["jobs"] if j["job_id"] == job_id)
     assert job["status"] == "s"
     assert client.events("job_states")
+
+
+async def test_two_runs_started_together_keep_their_own_order_and_failure(
+    watch, client_factory, db, make_job, live_agent
+):
+    # C8: two jobs start in the same second, each with several steps.
+    good = make_job([Step("1 a", "SELECT 1"), Step("2 b", "echo ok", kind="b")])
+    bad = make_job(
+        [Step("1 a", "SELECT 1"), Step("2 b", "echo no >&2; exit 9", kind="b")]
+    )
+    client = await client_factory(watch.url)
+    await client.call("start_job_status_listener", {"sid": 1})
+    db.execute(
+        "UPDATE pgagent.pga_job SET jobnextrun = now() WHERE jobid = ANY(%s)",
+        ([good, bad],),
+    )
+
+    def ended(c, job_id):
+        return any(
+            k == "run" and s in FINISHED for k, s in run_updates(c.updates(), job_id)
+        )
+
+    await client.wait_for(lambda c: ended(c, good) and ended(c, bad), "both runs")
+    steps = [("run", "r"), ("step", "r"), ("step", "s"), ("step", "r")]
+    assert run_updates(client.updates(), good) == [*steps, ("step", "s"), ("run", "s")]
+    assert run_updates(client.updates(), bad) == [*steps, ("step", "f"), ("run", "f")]
+    failed = [u for u in client.updates() if u["kind"] == "step" and u["status"] == "f"]
+    assert [(u["job_id"], u["step_name"], u["result"]) for u in failed] == [
+        (bad, "2 b", 9)
+    ]
+    run_ids = {u["run_id"] for u in client.updates() if u["job_id"] == bad}
+    assert len(run_ids) == 1

@@ -106,6 +106,8 @@ class Listener:
         self.status = ListenerStatus()
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._wake = asyncio.Event()
+        # Full reads done so far: tests and /healthz can tell one happened.
+        self.full_reads = 0
 
     def _set_state(self, state: ListenerState, reason: str | None = None) -> None:
         if state == self.status.state and reason == self.status.reason:
@@ -162,9 +164,8 @@ class Listener:
         self._conn = conn
         try:
             await self._check_schema(conn)
-            await self._bounded(
-                conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
-            )
+            listen = sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL))
+            await self._bounded(conn.execute(listen))
             events = []
             if self.cursor.started:
                 try:
@@ -238,6 +239,7 @@ class Listener:
             if self._wake.is_set() or due:
                 self._wake.clear()
                 self._publish(await self._bounded(self.cursor.read_full(conn)))
+                self.full_reads += 1
                 last_full = time.monotonic()
             elif notified:
                 self._publish(

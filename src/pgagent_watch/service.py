@@ -7,6 +7,7 @@ reference to every background task is kept.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -125,6 +126,10 @@ class Service:
             await server.pool.open(wait=False)
             self.spawn(server.listener.run(), f"listener-{server.config.name}")
         self.spawn(self._prune_loop(), "prune")
+        # Sign-in needs the state database: give it a moment before serving,
+        # so that the first clients are not refused; never wait longer.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.state_ready.wait(), 10)
         logger.info("watching %d servers", len(self.servers))
 
     async def stop(self) -> None:
