@@ -10,15 +10,21 @@ EXECUTE = {"execute", "executemany", "stream", "copy"}
 
 
 def _constants(tree: ast.Module) -> set[str]:
-    """Module-level names bound to a string literal (or a sum of them)."""
-    names: set[str] = set()
-    for node in tree.body:
-        if isinstance(node, ast.Assign | ast.AnnAssign):
-            value = node.value
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            if value is not None and _constant(value, names):
-                names.update(t.id for t in targets if isinstance(t, ast.Name))
-    return names
+    """Names that every assignment in the file binds to a constant query."""
+    good: set[str] = set()
+    bad: set[str] = set()
+    # Twice: a constant may be built from another one defined earlier.
+    for _ in range(2):
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None:
+                targets = (
+                    node.targets if isinstance(node, ast.Assign) else [node.target]
+                )
+                ok = _constant(node.value, good)
+                for t in targets:
+                    if isinstance(t, ast.Name):
+                        (good if ok else bad).add(t.id)
+    return good - bad
 
 
 def _constant(node: ast.expr, names: set[str]) -> bool:
@@ -83,8 +89,10 @@ def f(conn, job_id, table):
     conn.execute("SELECT * FROM t WHERE id = %s" % job_id)
     conn.execute("SELECT * FROM {}".format(table))
     conn.execute("SELECT * FROM " + table)
+    query = f"SELECT {table}"
+    conn.execute(query)
 """
-    assert len(string_built_sql(bad, "bad.py")) == 4
+    assert len(string_built_sql(bad, "bad.py")) == 5
     good = """
 from psycopg import sql
 Q = "SELECT 1"
@@ -92,6 +100,8 @@ def f(conn, name):
     conn.execute("SELECT * FROM t WHERE id = %s", (1,))
     conn.execute(Q + " LIMIT 1")
     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(name)))
+    listen = sql.SQL("LISTEN {}").format(sql.Identifier(name))
+    conn.execute(listen)
 """
     assert string_built_sql(good, "good.py") == []
 
