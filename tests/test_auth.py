@@ -107,7 +107,12 @@ async def stack(cluster: Cluster) -> AsyncIterator[Stack]:
             },
         ],
         state_dsn=cluster.dsn(STATE_DB),
-        auth={"free_attempts": 2, "backoff_initial": 30, "backoff_max": 60},
+        auth={
+            "free_attempts": 2,
+            "backoff_initial": 30,
+            "backoff_max": 60,
+            "socket_check_interval": 0.3,
+        },
     )
     try:
         async with running_service(settings) as running:
@@ -569,6 +574,8 @@ async def test_a_socket_without_a_valid_session_or_token_is_refused(
             " SET last_seen_at = now() - interval '2 hours'"
         )
     await _refused(stack.url, headers=cookie)
+    # The open socket of the expired session is closed too.
+    await ok.wait_for(lambda c: c.events("session_ended"), "session_ended")
 
 
 async def test_a_socket_gets_only_the_servers_its_user_may_see(
@@ -601,6 +608,56 @@ async def test_a_socket_gets_only_the_servers_its_user_may_see(
     )
     await asyncio.sleep(0.2)
     assert not [u for u in view2.updates() if u["sid"] == 1]
+
+
+async def test_sign_out_closes_the_sockets_of_that_session(
+    stack: Stack, client_factory: Any
+) -> None:
+    s = await sign_in(stack, "view1")
+    async with s:
+        sock = await client_factory(
+            stack.url, headers={"Cookie": f"pgw_session={s.cookie}"}
+        )
+        other = await client_factory(stack.url, auth={"token": stack.tokens["view1"]})
+        await sock.call("start_job_status_listener", {"sid": 1})
+        r = await s.client.post("/api/logout", headers={"X-CSRF-Token": s.csrf})
+        assert r.status_code == 204
+        await sock.wait_for(lambda c: c.events("session_ended"), "session_ended")
+        # The same user's token socket stays.
+        assert other.sio.connected and not other.events("session_ended")
+
+
+async def test_changed_grants_and_revoked_tokens_reach_open_sockets(
+    stack: Stack, client_factory: Any
+) -> None:
+    service = stack.running.service
+    async with await api(stack) as c:
+        h = bearer(stack, "admin")
+        r = await c.post(
+            "/api/users", json={"name": "mover", "servers": ["test", "two"]}, headers=h
+        )
+        user_id = r.json()["id"]
+        async with service.state_pool.connection() as conn:
+            token = await users.create_token(conn, user_id)
+        sock = await client_factory(stack.url, auth={"token": token})
+        for sid in (1, 2):
+            assert (await sock.call("start_job_status_listener", {"sid": sid}))["sid"]
+        socket_id = sock.sio.get_sid("/pgagent")
+
+        def rooms() -> list[str]:
+            return list(service.sio.manager.get_rooms(socket_id, "/pgagent"))
+
+        assert {"server:1", "server:2"} <= set(rooms())
+        r = await c.put(
+            f"/api/users/{user_id}/grants", json={"servers": ["two"]}, headers=h
+        )
+        assert r.status_code == 200
+        assert "server:1" not in rooms() and "server:2" in rooms()
+        refused = await sock.call("start_job_status_listener", {"sid": 1})
+        assert refused["code"] == "FORBIDDEN"
+        r = await c.patch(f"/api/users/{user_id}", json={"disabled": True}, headers=h)
+        assert r.status_code == 200
+        await sock.wait_for(lambda c: c.events("session_ended"), "session_ended")
 
 
 # -- secrets --------------------------------------------------------------------

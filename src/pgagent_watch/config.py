@@ -158,6 +158,9 @@ class AuthSettings(_Strict):
     # name, honoured only from these proxy addresses. Off while unset.
     trusted_header: str | None = Field(default=None, pattern=r"^[A-Za-z0-9-]{1,64}$")
     trusted_proxies: list[str] = Field(default_factory=list)
+    # Open sockets are authenticated again this often: a sign-out, a
+    # revoked token or a disabled user closes them within this time.
+    socket_check_interval: float = Field(default=30, gt=0)
 
     @model_validator(mode="after")
     def _check_proxy(self) -> AuthSettings:

@@ -126,6 +126,7 @@ class Service:
             await server.pool.open(wait=False)
             self.spawn(server.listener.run(), f"listener-{server.config.name}")
         self.spawn(self._prune_loop(), "prune")
+        self.spawn(self.auth.watch_sockets(), "auth-sockets")
         # Sign-in needs the state database: give it a moment before serving,
         # so that the first clients are not refused; never wait longer.
         with contextlib.suppress(TimeoutError):
@@ -244,15 +245,19 @@ class Service:
         proxy_user = (
             environ.get("HTTP_" + header.upper().replace("-", "_")) if header else None
         )
-        found = await self._authenticate(
-            bearer=bearer,
-            cookie=cookie_from_header(
+        credentials = {
+            "bearer": bearer,
+            "cookie": cookie_from_header(
                 environ.get("HTTP_COOKIE"), self.auth.cookie_name
             ),
-            proxy_user=proxy_user,
-            peer=peer,
-        )
-        return found.principal if found else None
+            "proxy_user": proxy_user,
+            "peer": peer,
+        }
+        found = await self._authenticate(**credentials)
+        if found is None:
+            return None
+        self.auth.remember_socket(environ, credentials, found)
+        return found.principal
 
     async def authenticate_request(self, request: Any) -> Principal | None:
         """Who sends this request: ``Authorization: Bearer TOKEN``, the session

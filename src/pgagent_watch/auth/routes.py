@@ -252,6 +252,7 @@ async def _end_session(
 ) -> Response:
     if found.session_hash is not None:
         await service.auth.sign_out(found.session_hash)
+        await service.auth.check_sockets(found.session_hash)
     await audit.record(service, found.principal, "auth.sign_out", request=request)
     response.delete_cookie(
         service.auth.cookie_name,
@@ -399,6 +400,7 @@ async def update_user(
         raise _user_error(exc) from None
     if found is None:
         raise HTTPException(404, f"no user with id {user_id}")
+    await service.auth.check_sockets()
     await audit.record(
         service,
         who,
@@ -428,6 +430,7 @@ async def set_grants(
             raise _user_error(exc) from None
         found = await users.get_user(conn, user_id)
     assert found is not None
+    await service.auth.check_sockets()
     await audit.record(
         service,
         who,
@@ -457,6 +460,7 @@ async def delete_user(
         raise _user_error(exc) from None
     if not deleted or found is None:
         raise HTTPException(404, f"no user with id {user_id}")
+    await service.auth.check_sockets()
     await audit.record(
         service, who, "user.delete", request=request, target=found["name"]
     )
@@ -508,6 +512,7 @@ async def revoke_token(
         )
     if not done:
         raise HTTPException(404, f"no token with id {token_id}")
+    await service.auth.check_sockets()
     await audit.record(
         service, who, "token.revoke", request=request, target=f"token {token_id}"
     )

@@ -12,6 +12,7 @@ them on its own.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
@@ -29,6 +30,7 @@ from itsdangerous import BadData, URLSafeTimedSerializer
 from .. import users
 from ..access import ANONYMOUS, Principal
 from ..config import AuthSettings
+from ..push import NAMESPACE
 
 if TYPE_CHECKING:
     from ..service import Service
@@ -36,6 +38,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("pgagent_watch.auth")
 
 CSRF_HEADER = "x-csrf-token"
+# Where a socket's credentials wait in its environ, to be checked again.
+SOCKET_CREDENTIALS = "pgagent_watch.credentials"
+SOCKET_SESSION = "pgagent_watch.session_hash"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 Method = Literal["token", "session", "proxy", "anonymous"]
 
@@ -324,6 +329,74 @@ class Authenticator:
                 "DELETE FROM pgagent_watch.auth_session WHERE id_hash = %s",
                 (session_hash,),
             )
+
+    # -- open sockets -----------------------------------------------------------
+
+    def remember_socket(
+        self, environ: dict[str, Any], credentials: dict[str, Any], found: Authenticated
+    ) -> None:
+        """Keep what a socket signed in with, to check it again while it is open."""
+        environ[SOCKET_CREDENTIALS] = credentials
+        environ[SOCKET_SESSION] = found.session_hash
+
+    async def check_sockets(self, session_hash: bytes | None = None) -> int:
+        """Authenticate every open socket again (or those of one session).
+
+        A socket whose session ended, whose token was revoked or whose user
+        was disabled gets ``session_ended`` and is disconnected; one whose
+        grants changed gets the new principal and leaves the rooms of the
+        servers it may no longer see. Returns how many were disconnected.
+        """
+        sio = self.service.sio
+        ended = 0
+        for sid, _ in list(sio.manager.get_participants(NAMESPACE, None)):
+            environ = sio.get_environ(sid, NAMESPACE) or {}
+            credentials = environ.get(SOCKET_CREDENTIALS)
+            if credentials is None:
+                continue
+            if session_hash is not None and environ.get(SOCKET_SESSION) != session_hash:
+                continue
+            try:
+                found = await self.authenticate(**credentials)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # The state database is away: nobody is thrown out for that.
+                logger.warning("sockets not checked: %s", exc)
+                return ended
+            if found is None:
+                ended += 1
+                await sio.emit(
+                    "session_ended",
+                    {"reason": "signed out, expired or disabled"},
+                    to=sid,
+                    namespace=NAMESPACE,
+                )
+                await sio.disconnect(sid, namespace=NAMESPACE)
+                continue
+            session = await sio.get_session(sid, namespace=NAMESPACE)
+            if session.get("principal") == found.principal:
+                continue
+            session["principal"] = found.principal
+            await sio.save_session(sid, session, namespace=NAMESPACE)
+            for name in sio.rooms(sid, namespace=NAMESPACE):
+                server = name.removeprefix("server:")
+                if server.isdigit() and not found.principal.can_see(int(server)):
+                    await sio.leave_room(sid, name, namespace=NAMESPACE)
+        return ended
+
+    async def watch_sockets(self) -> None:
+        """Check every open socket every ``auth.socket_check_interval`` seconds."""
+        while True:
+            await asyncio.sleep(self.settings.socket_check_interval)
+            try:
+                ended = await self.check_sockets()
+                if ended:
+                    logger.info("%d sockets disconnected: their sign-in ended", ended)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("checking the open sockets failed")
 
 
 def csrf_ok(found: Authenticated, sent: str | None) -> bool:
