@@ -12,19 +12,25 @@ EXECUTE = {"execute", "executemany", "stream", "copy"}
 def _constants(tree: ast.Module) -> set[str]:
     """Names that every assignment in the file binds to a constant query."""
     good: set[str] = set()
-    bad: set[str] = set()
-    # Twice: a constant may be built from another one defined earlier.
-    for _ in range(2):
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None:
-                targets = (
-                    node.targets if isinstance(node, ast.Assign) else [node.target]
-                )
-                ok = _constant(node.value, good)
-                for t in targets:
-                    if isinstance(t, ast.Name):
-                        (good if ok else bad).add(t.id)
-    return good - bad
+    assigns = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None
+    ]
+    # Until nothing changes: a constant may be built from others.
+    while True:
+        bad: set[str] = set()
+        found: set[str] = set()
+        for node in assigns:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            assert node.value is not None
+            ok = _constant(node.value, good)
+            for t in targets:
+                if isinstance(t, ast.Name):
+                    (found if ok else bad).add(t.id)
+        if found - bad == good:
+            return good
+        good = found - bad
 
 
 def _constant(node: ast.expr, names: set[str]) -> bool:
@@ -32,11 +38,24 @@ def _constant(node: ast.expr, names: set[str]) -> bool:
     if isinstance(node, ast.Constant):
         return isinstance(node.value, str | bytes)
     if isinstance(node, ast.Name):
-        return node.id in names or node.id.isupper()
+        return node.id in names
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
         return _constant(node.left, names) and _constant(node.right, names)
+    if isinstance(node, ast.JoinedStr):
+        # f"SELECT {_COLUMNS} ...": only constants interpolated.
+        return all(
+            isinstance(v, ast.Constant)
+            or (
+                isinstance(v, ast.FormattedValue)
+                and v.conversion == -1
+                and v.format_spec is None
+                and _constant(v.value, names)
+            )
+            for v in node.values
+        )
     if isinstance(node, ast.Attribute):
-        return True  # a module constant (capture.PRUNE_SQL) or a migration's text
+        # A module's constant (capture.PRUNE_SQL) or a shipped migration's text.
+        return node.attr.lstrip("_").isupper() or node.attr == "sql"
     if (
         isinstance(node, ast.Call)
         and isinstance(node.func, ast.Name)
@@ -49,7 +68,7 @@ def _constant(node: ast.expr, names: set[str]) -> bool:
         if func.attr == "encode" and not node.args:
             return _constant(func.value, names)
         # psycopg.sql composition: sql.SQL("...").format(sql.Identifier(...))
-        if func.attr == "format" and _is_sql(func.value):
+        if func.attr in ("format", "join") and _is_sql(func.value):
             return True
         return _is_sql(node)
     return False
@@ -65,20 +84,69 @@ def _is_sql(node: ast.expr) -> bool:
     )
 
 
+Function = ast.FunctionDef | ast.AsyncFunctionDef
+
+
+def _passed_constants(
+    tree: ast.Module, func: Function, param: str, names: set[str]
+) -> bool:
+    """Whether every call of ``func`` in the file passes a constant as ``param``."""
+    params = [a.arg for a in (*func.args.posonlyargs, *func.args.args)]
+    index = params.index(param) if param in params else None
+    calls = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and (
+            (isinstance(node.func, ast.Name) and node.func.id == func.name)
+            or (isinstance(node.func, ast.Attribute) and node.func.attr == func.name)
+        )
+    ]
+    if not calls:
+        return False
+    for call in calls:
+        given = [k.value for k in call.keywords if k.arg == param]
+        if not given and index is not None and index < len(call.args):
+            given = [call.args[index]]
+        if not given or not _constant(given[0], names):
+            return False
+    return True
+
+
 def string_built_sql(source: str, filename: str) -> list[str]:
-    """Every execute-like call whose query is not a constant, as file:line."""
+    """Every execute-like call whose query is not a constant, as file:line.
+
+    A query that is a parameter of the enclosing function passes when every
+    call of that function in the same file gives a constant.
+    """
     tree = ast.parse(source, filename)
     names = _constants(tree)
+    enclosing: dict[ast.AST, Function] = {}
+    for func in ast.walk(tree):
+        if isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef):
+            for inner in ast.walk(func):
+                enclosing[inner] = func
     found = []
     for node in ast.walk(tree):
-        if (
+        if not (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Attribute)
             and node.func.attr in EXECUTE
             and node.args
-            and not _constant(node.args[0], names)
         ):
-            found.append(f"{filename}:{node.lineno}: {ast.unparse(node.args[0])[:80]}")
+            continue
+        query = node.args[0]
+        if _constant(query, names):
+            continue
+        func = enclosing.get(node)
+        if (
+            isinstance(query, ast.Name)
+            and func is not None
+            and query.id in {a.arg for a in (*func.args.posonlyargs, *func.args.args)}
+            and _passed_constants(tree, func, query.id, names)
+        ):
+            continue
+        found.append(f"{filename}:{node.lineno}: {ast.unparse(query)[:80]}")
     return found
 
 
@@ -91,8 +159,14 @@ def f(conn, job_id, table):
     conn.execute("SELECT * FROM " + table)
     query = f"SELECT {table}"
     conn.execute(query)
+    conn.execute(f"SELECT {table!r}")
+def g(conn, query):
+    conn.execute(query)
+def h(conn, table):
+    g(conn, "SELECT 1")
+    g(conn, query="SELECT " + table)
 """
-    assert len(string_built_sql(bad, "bad.py")) == 5
+    assert len(string_built_sql(bad, "bad.py")) == 7
     good = """
 from psycopg import sql
 Q = "SELECT 1"
@@ -102,6 +176,12 @@ def f(conn, name):
     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(name)))
     listen = sql.SQL("LISTEN {}").format(sql.Identifier(name))
     conn.execute(listen)
+    conn.execute(f"SELECT {Q} WHERE true")
+def run(conn, query, params):
+    conn.execute(query, params)
+def caller(conn):
+    run(conn, Q, ())
+    run(conn, query=Q + " LIMIT 2", params=())
 """
     assert string_built_sql(good, "good.py") == []
 
