@@ -125,7 +125,12 @@ async def stack(cluster: Cluster) -> AsyncIterator[Stack]:
                 )
                 for name, (role, servers) in USERS.items():
                     st.ids[name] = await users.create_user(
-                        conn, name, role, password=PASSWORD, servers=servers
+                        conn,
+                        name,
+                        role,
+                        email=f"{name}@example.org",
+                        password=PASSWORD,
+                        servers=servers,
                     )
                     st.tokens[name] = await users.create_token(conn, st.ids[name])
             service.forget_users_exist()
@@ -538,6 +543,88 @@ async def test_everyone_manages_their_own_tokens_only(stack: Stack) -> None:
                 (f"%{token.encode().hex()}%",),
             ).fetchone()
             assert row is not None and row[0] == 0
+
+
+async def _route_or_skip(st: Stack, method: str, path: str) -> None:
+    if (method, path) not in {(m, p) for m, p, _ in await routes(st)}:
+        pytest.skip(f"{method.upper()} {path} is not in this build")
+
+
+JOB_ACTIONS = ("run-now", "disable", "enable")
+
+
+async def test_job_actions_follow_the_roles_and_are_audited(
+    stack: Stack, make_job: Any
+) -> None:
+    for action in JOB_ACTIONS:
+        await _route_or_skip(
+            stack, "post", f"/api/servers/{{server_id}}/jobs/{{job_id}}/{action}"
+        )
+    job_id = make_job([samples.Step("1 quick", "SELECT 1")])
+    expected = {"view1": 403, "view2": 404, "op1": 200, "admin": 200}
+    async with await api(stack) as c:
+        for who, status in expected.items():
+            for action in JOB_ACTIONS:
+                r = await c.post(
+                    f"/api/servers/1/jobs/{job_id}/{action}", headers=bearer(stack, who)
+                )
+                got = 200 if r.status_code < 300 else r.status_code
+                assert got == status, (who, action, r.status_code, r.text)
+        # The operator of one server is a stranger to the other.
+        r = await c.post(
+            f"/api/servers/2/jobs/{job_id}/run-now", headers=bearer(stack, "op1")
+        )
+        assert r.status_code == 404
+        entries = (
+            await c.get(
+                "/api/audit", params={"limit": 200}, headers=bearer(stack, "admin")
+            )
+        ).json()
+    mine = [e for e in entries if e["target"] == f"job {job_id}"]
+    done = {(e["user_name"], e["action"], e["ok"]) for e in mine}
+    for action in ("job.run_now", "job.disable", "job.enable"):
+        assert ("op1", action, True) in done, done
+    assert ("view1", "job.run_now", False) in done, done
+    assert all(e["address"] == "127.0.0.1" and e["server_id"] == 1 for e in mine)
+
+
+async def test_subscriptions_follow_the_roles_through_the_api_and_the_socket(
+    stack: Stack, make_job: Any, client_factory: Any
+) -> None:
+    await _route_or_skip(stack, "put", "/api/subscriptions")
+    job_id = make_job([samples.Step("1 quick", "SELECT 1")])
+    target = {"server_id": 1, "job_id": job_id}
+    async with await api(stack) as c:
+        ok = await c.put(
+            "/api/subscriptions", json=target, headers=bearer(stack, "view1")
+        )
+        assert ok.status_code < 300, ok.text
+        refused = await c.put(
+            "/api/subscriptions", json=target, headers=bearer(stack, "view2")
+        )
+        assert refused.status_code in (403, 404), refused.text
+        # Someone else's subscription looks absent.
+        sub_id = ok.json()["id"]
+        r = await c.delete(
+            f"/api/subscriptions/{sub_id}", headers=bearer(stack, "view2")
+        )
+        assert r.status_code == 404
+    sock = await client_factory(stack.url, auth={"token": stack.tokens["view2"]})
+    answer = await sock.call("update_job_subscription", {**target, "subscribe": True})
+    assert answer.get("code") in ("FORBIDDEN", "SERVER_NOT_FOUND", "NOT_FOUND"), answer
+    mine = await client_factory(stack.url, auth={"token": stack.tokens["view1"]})
+    answer = await mine.call("update_job_subscription", {**target, "subscribe": False})
+    assert answer.get("ok") is True, answer
+
+
+async def test_every_extra_socket_event_refuses_a_server_not_granted(
+    stack: Stack, client_factory: Any
+) -> None:
+    sock = await client_factory(stack.url, auth={"token": stack.tokens["view2"]})
+    for event in stack.running.service.namespace.extra_handlers:
+        answer = await sock.call(event, {"sid": 1, "server_id": 1, "job_id": 1})
+        assert isinstance(answer, dict) and answer.get("code"), (event, answer)
+        assert not answer.get("ok"), (event, answer)
 
 
 # -- the socket -----------------------------------------------------------------
