@@ -10,6 +10,7 @@ other modules are held to the same rules.
 from __future__ import annotations
 
 import asyncio
+import html
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -99,6 +100,9 @@ async def stack(cluster: Cluster) -> AsyncIterator[Stack]:
             {"name": "two", "dsn": cluster.dsn(SECOND_DB), "password": SECRET},
             {
                 "name": "down",
+                # Far from the ids a fuzzer tries first: each read of it
+                # waits for the pool's timeout.
+                "id": 77,
                 "host": "127.0.0.1",
                 "port": free_port(),
                 "dbname": "postgres",
@@ -413,7 +417,7 @@ async def test_each_role_sees_only_its_servers(stack: Stack) -> None:
             r = await c.get("/api/servers", headers=bearer(stack, who))
             seen[who] = sorted(s["id"] for s in r.json())
         assert seen == {
-            "admin": [1, 2, 3],
+            "admin": [1, 2, 77],
             "op1": [1],
             "view1": [1],
             "view2": [2],
@@ -496,6 +500,45 @@ async def test_an_admin_creates_changes_and_deletes_a_user_and_it_is_audited(
             assert action in actions
         page = await c.get("/admin", headers=h)
         assert page.status_code == 200 and "user.delete" in page.text
+
+
+async def test_an_admin_creates_and_disables_a_user_on_the_admin_page(
+    stack: Stack,
+) -> None:
+    async with await sign_in(stack, "admin") as s:
+        page = await s.client.get("/admin")
+        assert s.csrf in page.text
+        form = {"name": "paged", "email": "p@example.org", "role": "operator"}
+        r = await s.client.post("/admin/users", data=form)
+        assert r.status_code == 403
+        r = await s.client.post(
+            "/admin/users", data={**form, "servers": "two", "csrf_token": s.csrf}
+        )
+        assert r.status_code == 201, r.text
+        password = re.search(r"<code>([^<]+)</code>", r.text)
+        assert password
+        async with await sign_in(stack, "paged", html.unescape(password.group(1))) as p:
+            me = (await p.client.get("/api/me")).json()
+            assert me["role"] == "operator" and me["servers"] == [2]
+            async with await api(stack) as c:
+                found = await c.get("/api/users", headers=bearer(stack, "admin"))
+            paged = next(u for u in found.json() if u["name"] == "paged")
+            r = await s.client.post(
+                f"/admin/users/{paged['id']}/disable", data={"csrf_token": s.csrf}
+            )
+            assert r.status_code == 303
+            assert (await p.client.get("/api/me")).status_code == 401
+        r = await s.client.post(
+            f"/admin/users/{paged['id']}/delete", data={"csrf_token": "wrong"}
+        )
+        assert r.status_code == 403
+        r = await s.client.post(
+            f"/admin/users/{paged['id']}/delete", data={"csrf_token": s.csrf}
+        )
+        assert r.status_code == 303
+        page = await s.client.get("/admin")
+        assert f"/admin/users/{paged['id']}/" not in page.text
+        assert "user.delete" in page.text
 
 
 async def test_the_last_admin_cannot_be_demoted(stack: Stack) -> None:
@@ -752,7 +795,7 @@ async def test_changed_grants_and_revoked_tokens_reach_open_sockets(
 
 async def test_no_secret_reaches_a_response_or_a_log(stack: Stack) -> None:
     await until(
-        lambda: stack.running.service.servers[3].listener.status.reason,
+        lambda: stack.running.service.servers[77].listener.status.reason,
         "the down server's failure",
     )
     s = await sign_in(stack, "admin")
@@ -762,77 +805,13 @@ async def test_no_secret_reaches_a_response_or_a_log(stack: Stack) -> None:
             bodies.append((await s.client.get(path)).text)
         for method, path, _ in await routes(stack):
             if method == "get":
-                for sid in ("1", "2", "3"):
+                for sid in ("1", "2", "77"):
                     r = await s.client.get(filled(path, sid))
                     bodies.append(r.text + str(r.headers))
     for body in bodies:
         assert SECRET not in body
     assert stack.logs.lines, "no log captured"
     assert not [line for line in stack.logs.lines if SECRET in line]
-
-
-# -- the fuzz run (last: it may change or delete anything) ------------------
-
-
-@pytest.mark.slow
-async def test_a_fuzz_run_from_the_openapi_description_finds_no_500_and_no_leak(
-    stack: Stack, tmp_path: Any
-) -> None:
-    # The fuzzer revokes tokens by small ids: its own must not be one of them.
-    async with stack.running.service.state_pool.connection() as conn:
-        await conn.execute("SELECT setval('pgagent_watch.api_token_id_seq', 987654)")
-        token = await users.create_token(conn, stack.ids["fuzzer"], "fuzz")
-    # 503 is the right answer for a server that is down ("down" is).
-    config = tmp_path / "schemathesis.toml"
-    config.write_text(
-        '[checks.not_a_server_error]\nexpected-statuses = ["1xx", "2xx", "3xx",'
-        ' "4xx", "503"]\n'
-    )
-    proc = await asyncio.create_subprocess_exec(
-        "schemathesis",
-        "--config-file",
-        str(config),
-        "run",
-        f"{stack.url}/api/openapi.json",
-        "--header",
-        f"Authorization: Bearer {token}",
-        "--checks",
-        "not_a_server_error",
-        "--phases",
-        "examples,coverage,fuzzing",
-        "--max-examples",
-        "25",
-        "--workers",
-        "1",
-        "--seed",
-        "7",
-        "--request-timeout",
-        "20",
-        "--no-color",
-        "--report",
-        "har",
-        "--report-dir",
-        str(tmp_path),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env={"PATH": _venv_path(), "HOME": str(tmp_path)},
-    )
-    out, _ = await asyncio.wait_for(proc.communicate(), 240)
-    text = out.decode(errors="replace")
-    assert proc.returncode == 0, text[-6000:]
-    assert "Authentication failed" not in text, text[-3000:]
-    reports = [p for p in tmp_path.rglob("har-*") if p.is_file()]
-    assert reports
-    for har in reports:
-        assert SECRET not in har.read_text(errors="replace")
-
-
-def _venv_path() -> str:
-    import os
-    import sys
-    from pathlib import Path
-
-    return f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
 # -- the trusted proxy header and reflected input ------------------------------
@@ -930,3 +909,67 @@ async def test_a_browser_signs_in_reaches_the_live_page_and_signs_out(
             assert not [e for e in errors if "Content Security Policy" in e]
         finally:
             await browser.close()
+
+
+# -- the fuzz run (last: it may change or delete anything) ------------------
+
+
+@pytest.mark.slow
+async def test_a_fuzz_run_from_the_openapi_description_finds_no_500_and_no_leak(
+    stack: Stack, tmp_path: Any
+) -> None:
+    # The fuzzer revokes tokens by small ids: its own must not be one of them.
+    async with stack.running.service.state_pool.connection() as conn:
+        await conn.execute("SELECT setval('pgagent_watch.api_token_id_seq', 987654)")
+        token = await users.create_token(conn, stack.ids["fuzzer"], "fuzz")
+    # 503 is the right answer for a server that is down ("down" is).
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(
+        '[checks.not_a_server_error]\nexpected-statuses = ["1xx", "2xx", "3xx",'
+        ' "4xx", "503"]\n'
+    )
+    proc = await asyncio.create_subprocess_exec(
+        "schemathesis",
+        "--config-file",
+        str(config),
+        "run",
+        f"{stack.url}/api/openapi.json",
+        "--header",
+        f"Authorization: Bearer {token}",
+        "--checks",
+        "not_a_server_error",
+        "--phases",
+        "examples,coverage,fuzzing",
+        "--max-examples",
+        "25",
+        "--workers",
+        "1",
+        "--seed",
+        "7",
+        "--request-timeout",
+        "20",
+        "--no-color",
+        "--report",
+        "har",
+        "--report-dir",
+        str(tmp_path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={"PATH": _venv_path(), "HOME": str(tmp_path)},
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 240)
+    text = out.decode(errors="replace")
+    assert proc.returncode == 0, text[-6000:]
+    assert "Authentication failed" not in text, text[-3000:]
+    reports = [p for p in tmp_path.rglob("har-*") if p.is_file()]
+    assert reports
+    for har in reports:
+        assert SECRET not in har.read_text(errors="replace")
+
+
+def _venv_path() -> str:
+    import os
+    import sys
+    from pathlib import Path
+
+    return f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"

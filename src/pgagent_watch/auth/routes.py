@@ -10,9 +10,18 @@ from __future__ import annotations
 import html
 import logging
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Form, HTTPException, Path, Query, Request, Response
+from fastapi import (
+    APIRouter,
+    Depends,
+    Form,
+    HTTPException,
+    Path,
+    Query,
+    Request,
+    Response,
+)
 from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,7 +29,7 @@ from .. import audit, users
 from ..access import Principal, Role
 from ..deps import MAX_ID, Admin, ServiceDep, Who
 from ..service import Service
-from .sessions import Authenticated, SignInRefused
+from .sessions import CSRF_HEADER, Authenticated, SignInRefused, csrf_ok
 
 logger = logging.getLogger("pgagent_watch.auth")
 
@@ -543,24 +552,55 @@ def _cell(value: Any) -> str:
     return f"<td>{html.escape('' if value is None else str(value))}</td>"
 
 
-@router.get("/admin", include_in_schema=False)
-async def admin_page(request: Request, service: ServiceDep) -> Response:
-    """Users and the latest audit entries, for administrators."""
+async def _form_admin(request: Request) -> Principal:
+    """An administrator posting a form of the admin page with its CSRF token.
+
+    The token comes in the ``csrf_token`` field (or ``X-CSRF-Token``);
+    Bearer-token requests need none. 401, 403 otherwise.
+    """
+    service: Service = request.app.state.service
     who = await service.authenticate_request(request)
-    if who is None:
-        return RedirectResponse("/login?next=/admin", 303)
+    found = _found(request)
+    if who is None or found is None:
+        raise HTTPException(401, "sign in or give an API token")
+    sent = request.headers.get(CSRF_HEADER)
+    if sent is None:
+        form = await request.form()
+        field = form.get("csrf_token")
+        sent = field if isinstance(field, str) else None
+    if not csrf_ok(found, sent):
+        raise HTTPException(403, "missing or wrong CSRF token")
     if not who.is_admin:
-        return _page("Forbidden", "<p>Only an administrator may see this.</p>", 403)
+        raise HTTPException(403, "only an administrator may do this")
+    return who
+
+
+FormAdmin = Annotated[Principal, Depends(_form_admin)]
+
+
+def _user_row(u: users.UserOut, csrf: str) -> str:
+    cells = "".join(_cell(u[k]) for k in ("name", "email", "role"))
+    cells += _cell(", ".join(u["servers"]))
+    hidden = f'<input type="hidden" name="csrf_token" value="{html.escape(csrf)}">'
+    toggle = "enable" if u["disabled"] else "disable"
+    actions = (
+        f'<form method="post" action="/admin/users/{u["id"]}/{toggle}"'
+        f' class="inline">{hidden}<button type="submit">{toggle}</button></form>'
+        f'<form method="post" action="/admin/users/{u["id"]}/delete"'
+        f' class="inline">{hidden}<button type="submit" class="danger">delete'
+        "</button></form>"
+    )
+    state = "disabled" if u["disabled"] else "active"
+    return f"<tr>{cells}{_cell(state)}<td>{actions}</td></tr>"
+
+
+async def _admin_view(
+    service: Service, who: Principal, csrf: str, notice: str = "", status: int = 200
+) -> HTMLResponse:
     async with service.state_pool.connection(timeout=5) as conn:
         all_users = await users.list_users(conn)
     entries = await audit.entries(service, limit=200)
-    user_rows = "".join(
-        "<tr>"
-        + "".join(_cell(u[k]) for k in ("name", "email", "role", "disabled"))
-        + _cell(", ".join(u["servers"]))
-        + "</tr>"
-        for u in all_users
-    )
+    user_rows = "".join(_user_row(u, csrf) for u in all_users)
     audit_rows = "".join(
         "<tr>"
         + "".join(
@@ -571,14 +611,114 @@ async def admin_page(request: Request, service: ServiceDep) -> Response:
         + "</tr>"
         for e in entries
     )
+    roles = "".join(f'<option value="{r.value}">{r.value}</option>' for r in Role)
+    hidden = f'<input type="hidden" name="csrf_token" value="{html.escape(csrf)}">'
     return _page(
         "Administration",
-        '<p><a href="/">Jobs</a> · <a href="/logout">Sign out</a></p>'
-        "<h2>Users</h2><table><thead><tr><th>Name</th><th>Address</th><th>Role</th>"
-        f"<th>Disabled</th><th>Servers</th></tr></thead><tbody>{user_rows}</tbody>"
-        "</table><p>Create and change users with <code>pgagent-watch user add</code>"
-        ' or the <a href="/api/docs">API</a>.</p>'
+        f'<p><a href="/">Jobs</a> · Signed in as {html.escape(who.name)} ·'
+        ' <a href="/logout">Sign out</a></p>'
+        + (f'<p class="notice" role="status">{notice}</p>' if notice else "")
+        + "<h2>Users</h2><table><thead><tr><th>Name</th><th>Address</th>"
+        "<th>Role</th><th>Servers</th><th>State</th><th></th></tr></thead>"
+        f"<tbody>{user_rows}</tbody></table>"
+        '<h3>New user</h3><form method="post" action="/admin/users">'
+        f"{hidden}"
+        '<label>Name <input name="name" required maxlength="64"></label>'
+        '<label>Address <input name="email" type="email" maxlength="320"></label>'
+        f'<label>Role <select name="role">{roles}</select></label>'
+        '<label>Servers <input name="servers" value="*"'
+        ' title="server names, separated by commas; * for every server"></label>'
+        '<button type="submit">Create (the password is shown once)</button></form>'
         "<h2>Audit</h2><table><thead><tr><th>When</th><th>Who</th><th>What</th>"
         "<th>OK</th><th>Server</th><th>Target</th><th>From</th></tr></thead>"
         f"<tbody>{audit_rows}</tbody></table>",
+        status,
     )
+
+
+@router.get("/admin", include_in_schema=False)
+async def admin_page(request: Request, service: ServiceDep) -> Response:
+    """Users (create, disable, delete) and the latest audit entries."""
+    who = await service.authenticate_request(request)
+    found = _found(request)
+    if who is None or found is None:
+        return RedirectResponse("/login?next=/admin", 303)
+    if not who.is_admin:
+        return _page("Forbidden", "<p>Only an administrator may see this.</p>", 403)
+    return await _admin_view(service, who, found.csrf_token or "")
+
+
+@router.post("/admin/users", tags=["admin page"], response_class=HTMLResponse)
+async def admin_create_user(
+    request: Request,
+    service: ServiceDep,
+    who: FormAdmin,
+    name: Annotated[str, Form(max_length=64)],
+    email: Annotated[str, Form(max_length=320)] = "",
+    role: Annotated[Role, Form()] = Role.VIEWER,
+    servers: Annotated[str, Form(max_length=10_000)] = "*",
+) -> HTMLResponse:
+    """The admin page's form: create a user; the page shows its password once."""
+    found = _found(request)
+    csrf = (found.csrf_token if found else None) or ""
+    grants = [s.strip() for s in servers.split(",") if s.strip()] or ["*"]
+    password = users.generate_password()
+    try:
+        for grant in grants:
+            if grant != "*" and not users.valid_name(grant):
+                raise users.UserError(f"not a server name: {grant[:80]!r}")
+        async with service.state_pool.connection(timeout=5) as conn:
+            await users.create_user(
+                conn, name, role, email=email or None, password=password, servers=grants
+            )
+    except users.UserError as exc:
+        return await _admin_view(service, who, csrf, html.escape(str(exc)), 422)
+    service.forget_users_exist()
+    await audit.record(
+        service,
+        who,
+        "user.create",
+        request=request,
+        target=name,
+        detail={"role": role.value, "servers": grants},
+    )
+    notice = (
+        f"Created {html.escape(name)}. Password (shown this once):"
+        f" <code>{html.escape(password)}</code>"
+    )
+    return await _admin_view(service, who, csrf, notice, 201)
+
+
+@router.post("/admin/users/{user_id}/{change}", tags=["admin page"])
+async def admin_change_user(
+    user_id: UserIdPath,
+    change: Literal["enable", "disable", "delete"],
+    request: Request,
+    service: ServiceDep,
+    who: FormAdmin,
+) -> Response:
+    """The admin page's buttons: enable, disable or delete a user."""
+    if user_id == who.user_id:
+        raise HTTPException(422, "you cannot disable or delete yourself")
+    try:
+        async with service.state_pool.connection(timeout=5) as conn:
+            found = await users.get_user(conn, user_id)
+            if found is None:
+                raise HTTPException(404, f"no user with id {user_id}")
+            if change == "delete":
+                await users.delete_user(conn, user_id)
+            else:
+                await users.update_user(conn, user_id, disabled=change == "disable")
+    except users.UserError as exc:
+        raise _user_error(exc) from None
+    await service.auth.check_sockets()
+    action = "user.delete" if change == "delete" else "user.update"
+    await audit.record(
+        service,
+        who,
+        action,
+        request=request,
+        target=found["name"],
+        detail={} if change == "delete" else {"disabled": change == "disable"},
+    )
+    return RedirectResponse("/admin", 303)
