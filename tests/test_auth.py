@@ -238,6 +238,13 @@ async def test_a_signed_in_user_gets_an_httponly_samesite_cookie_and_the_page(
         me = (await client.get("/api/me")).json()
         assert me["name"] == "view1" and me["role"] == "viewer"
         assert me["servers"] == [1] and me["csrf_token"]
+        # Signing in again in the same browser gives a new session and ends
+        # the old one (no session fixation).
+        old = client.cookies["pgw_session"]
+        r = await client.post("/login", data={"name": "view1", "password": PASSWORD})
+        assert r.status_code == 303 and client.cookies["pgw_session"] != old
+    async with await api(stack, old) as c:
+        assert (await c.get("/api/me")).status_code == 401
 
 
 async def test_a_wrong_password_is_refused_and_repeated_failures_are_slowed(

@@ -228,6 +228,10 @@ async def login(
             refused.headers["Retry-After"] = str(int(exc.retry_after) + 1)
         return refused
     await audit.record(service, who, "auth.sign_in", address=address)
+    previous = _found(request)
+    if previous is not None and previous.session_hash is not None:
+        # A new sign-in in the same browser replaces its old session.
+        await service.auth.sign_out(previous.session_hash)
     response = RedirectResponse(target, 303)
     response.set_cookie(
         service.auth.cookie_name,
