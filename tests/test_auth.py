@@ -548,6 +548,30 @@ async def test_an_admin_creates_and_disables_a_user_on_the_admin_page(
         assert "user.delete" in page.text
 
 
+async def test_a_user_changes_their_own_password_and_their_sessions_end(
+    stack: Stack,
+) -> None:
+    async with await api(stack) as c:
+        r = await c.post(
+            "/api/users",
+            json={"name": "changer", "password": PASSWORD},
+            headers=bearer(stack, "admin"),
+        )
+        assert r.status_code == 201
+    async with await sign_in(stack, "changer") as s:
+        new = {"current_password": "not it at all", "new_password": "a new password"}
+        h = {"X-CSRF-Token": s.csrf}
+        assert (await s.client.post("/api/me/password", json=new)).status_code == 403
+        r = await s.client.post("/api/me/password", json=new, headers=h)
+        assert r.status_code == 403
+        right = {**new, "current_password": PASSWORD}
+        r = await s.client.post("/api/me/password", json=right, headers=h)
+        assert r.status_code == 204
+        assert (await s.client.get("/api/me")).status_code == 401
+    async with await sign_in(stack, "changer", "a new password") as s:
+        assert (await s.client.get("/api/me")).json()["name"] == "changer"
+
+
 async def test_the_last_admin_cannot_be_demoted(stack: Stack) -> None:
     async with await api(stack) as c:
         h = bearer(stack, "admin")

@@ -321,6 +321,52 @@ async def me(request: Request, service: ServiceDep, who: Who) -> dict[str, Any]:
     }
 
 
+class PasswordIn(_In):
+    current_password: str = Field(max_length=1024)
+    new_password: str = Field(min_length=8, max_length=1024)
+
+
+@router.post("/api/me/password", status_code=204, tags=["auth"])
+async def change_password(
+    body: PasswordIn, request: Request, service: ServiceDep, who: Who
+) -> Response:
+    """Change your own password; every session of yours ends (sign in again).
+
+    403 when the current password is wrong; API tokens stay valid.
+    """
+    if who.user_id is None:
+        raise HTTPException(409, "create a user first")
+    address = audit.client_address(request)
+    throttle = service.auth.throttle
+    wait = throttle.wait(who.name, address)
+    if wait > 0:
+        raise HTTPException(
+            429,
+            "too many wrong passwords: wait and try again",
+            headers={"Retry-After": str(int(wait) + 1)},
+        )
+    async with service.state_pool.connection(timeout=5) as conn:
+        user_id = await users.check_credentials(conn, who.name, body.current_password)
+        if user_id != who.user_id:
+            throttle.failed(who.name, address)
+            await audit.record(
+                service,
+                who,
+                "user.password",
+                request=request,
+                target=who.name,
+                ok=False,
+            )
+            raise HTTPException(403, "the current password is wrong")
+        try:
+            await users.update_user(conn, who.user_id, password=body.new_password)
+        except users.UserError as exc:
+            raise _user_error(exc) from None
+    await service.auth.check_sockets()
+    await audit.record(service, who, "user.password", request=request, target=who.name)
+    return Response(status_code=204)
+
+
 # -- users (administrators) ---------------------------------------------------
 
 
