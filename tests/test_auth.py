@@ -232,6 +232,10 @@ async def test_a_signed_in_user_gets_an_httponly_samesite_cookie_and_the_page(
         )
         assert r.status_code == 303
         assert r.headers["location"] == "/"
+        for evil in ("/\t/evil.example", "/\\evil.example", "https://evil.example"):
+            # Signed in already: the sign-in page sends on, but only home.
+            page = await client.get("/login", params={"next": evil})
+            assert page.headers["location"] == "/", evil
         cookie = r.headers["set-cookie"].lower()
         assert "httponly" in cookie and "samesite=lax" in cookie
         assert (await client.get("/")).status_code == 200

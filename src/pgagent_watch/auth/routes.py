@@ -138,7 +138,8 @@ def _safe_next(value: str | None) -> str:
         not value
         or not value.startswith("/")
         or value.startswith(("//", "/\\"))
-        or any(c in value for c in "\r\n\\")
+        # Browsers drop tabs and newlines: "/\t/evil.example" is "//evil.example".
+        or any(c == "\\" or c.isspace() or not c.isprintable() for c in value)
         or len(value) > 500
     ):
         return "/"
