@@ -23,7 +23,7 @@ import pytest
 import socketio
 from itsdangerous import URLSafeTimedSerializer
 
-from pgagent_watch import samples, users
+from pgagent_watch import audit, samples, users
 from pgagent_watch.cluster import Cluster, free_port
 from pgagent_watch.demo import prepare_database
 
@@ -761,6 +761,8 @@ async def test_a_socket_gets_only_the_servers_its_user_may_see(
         view2.sio.get_sid("/pgagent"), "/pgagent"
     )
     assert "server:1" not in rooms
+    socket_id = view2.sio.get_sid("/pgagent")
+    assert audit.socket_address(stack.running.service, socket_id) == "127.0.0.1"
 
     job_id = make_job([samples.Step("1 quick", "SELECT 1")])
     samples.run_now(db, job_id)

@@ -69,6 +69,23 @@ def client_address(request: Any) -> str | None:
     return client.host if client is not None else None
 
 
+def socket_address(service: Service, sid: str) -> str | None:
+    """The client address of an open socket (for ``record(address=...)``)."""
+    from .push import NAMESPACE
+
+    environ = service.sio.get_environ(sid, NAMESPACE) or {}
+    scope = environ.get("asgi.scope") or {}
+    client = scope.get("client") if isinstance(scope, dict) else None
+    if not client:
+        return None
+    headers = {
+        k[5:].lower().replace("_", "-"): v
+        for k, v in environ.items()
+        if isinstance(k, str) and k.startswith("HTTP_") and isinstance(v, str)
+    }
+    return service.auth.client_address(str(client[0]), headers)
+
+
 async def record(
     service: Service,
     who: Principal | str,
@@ -84,7 +101,8 @@ async def record(
     """Add one entry: ``action`` is a dotted lower-case name ("user.create").
 
     ``who`` is the Principal acting, or a name (a sign-in attempt by a name
-    that is no user). The address comes from ``request`` unless given.
+    that is no user). The address comes from ``request`` unless given (from a socket
+    handler: ``address=audit.socket_address(service, sid)``).
     Never raises, except CancelledError.
     """
     if not _ACTION.match(action):
