@@ -953,13 +953,29 @@ async def test_a_browser_signs_in_reaches_the_live_page_and_signs_out(
 
 @pytest.mark.slow
 async def test_a_fuzz_run_from_the_openapi_description_finds_no_500_and_no_leak(
-    stack: Stack, tmp_path: Any
+    stack: Stack, cluster: Cluster, tmp_path: Any
 ) -> None:
+    # The same state and servers, but not the one that is down: each read of
+    # it waits for its pool's timeout (the secrets test covers it).
+    settings = settings_for(
+        cluster,
+        servers=[
+            {"name": "test", "dsn": cluster.dsn()},
+            {"name": "two", "dsn": cluster.dsn(SECOND_DB), "password": SECRET},
+        ],
+        state_dsn=cluster.dsn(STATE_DB),
+    )
+    async with running_service(settings) as running:
+        await until(running.service.state_ready.is_set, "state ready")
+        await _fuzz(stack, running, tmp_path)
+
+
+async def _fuzz(stack: Stack, running: Running, tmp_path: Any) -> None:
     # The fuzzer revokes tokens by small ids: its own must not be one of them.
     async with stack.running.service.state_pool.connection() as conn:
         await conn.execute("SELECT setval('pgagent_watch.api_token_id_seq', 987654)")
         token = await users.create_token(conn, stack.ids["fuzzer"], "fuzz")
-    # 503 is the right answer for a server that is down ("down" is).
+    # 503 is the right answer for a server that cannot be read now.
     config = tmp_path / "schemathesis.toml"
     config.write_text(
         '[checks.not_a_server_error]\nexpected-statuses = ["1xx", "2xx", "3xx",'
@@ -970,7 +986,7 @@ async def test_a_fuzz_run_from_the_openapi_description_finds_no_500_and_no_leak(
         "--config-file",
         str(config),
         "run",
-        f"{stack.url}/api/openapi.json",
+        f"{running.url}/api/openapi.json",
         "--header",
         f"Authorization: Bearer {token}",
         "--checks",
