@@ -35,6 +35,25 @@ def unique(prefix: str = "job") -> str:
     return f"{prefix}-{next(_names)}-{time.monotonic_ns() % 10**6}"
 
 
+@pytest.fixture(scope="session", autouse=True)
+async def close_leftover_http_sessions() -> AsyncIterator[None]:
+    """Close the aiohttp sessions engineio's clients leave behind.
+
+    A Socket.IO client that was refused, or was reconnecting when it was
+    closed, can keep its HTTP session; at exit the garbage collector would
+    warn about it, and warnings are errors here.
+    """
+    yield
+    import gc
+
+    import aiohttp
+
+    gc.collect()
+    for obj in gc.get_objects():
+        if isinstance(obj, aiohttp.ClientSession) and not obj.closed:
+            await obj.close()
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     c = Cluster().start()

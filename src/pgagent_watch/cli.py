@@ -96,7 +96,52 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(args.port, say=say)
+    return run_demo(
+        args.port,
+        say=say,
+        alert_window=args.alert_window,
+        alert_batch=args.alert_batch,
+    )
+
+
+def cmd_send_test_alert(args: argparse.Namespace) -> int:
+    """Send one message through the configured channel; print the answer."""
+    import socket
+
+    from .alerts.channels import DeliveryError
+    from .alerts.manager import channels_for, send_test
+
+    settings = _settings(args)
+    channels = channels_for(settings)
+    where = args.channel or "email"
+    try:
+        answer = asyncio.run(
+            send_test(channels, args.to, args.channel, socket.getfqdn() or "localhost")
+        )
+    except DeliveryError as exc:
+        kind = "refused" if exc.permanent else "failed"
+        say(f"test message {kind}: {exc}")
+        return 1
+    say(f"test message sent through {where}: {answer}")
+    return 0
+
+
+def cmd_reset_mark(args: argparse.Namespace) -> int:
+    """Forget a server's stored alert cursor: its alerts start again from now."""
+    from .alerts.engine import RESET_MARK_SQL
+
+    settings = _settings(args)
+    _server(settings, args.server)
+    with psycopg.connect(settings.state_conninfo(), autocommit=True) as conn:
+        cur = conn.execute(RESET_MARK_SQL, (args.server,))
+    if cur.rowcount:
+        say(
+            f"alert cursor of {args.server} reset: alerts start from the next event"
+            " (restart the service, or it picks this up on its next read)"
+        )
+    else:
+        say(f"no stored alert cursor for {args.server}: nothing to reset")
+    return 0
 
 
 def cmd_user_add(args: argparse.Namespace) -> int:
@@ -166,6 +211,20 @@ def build_parser() -> argparse.ArgumentParser:
         False,
     )
     p.add_argument("--port", type=int, default=8080, help="the page's port (8080)")
+    p.add_argument(
+        "--alert-window",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="how long alerts wait to be grouped after a digest (120)",
+    )
+    p.add_argument(
+        "--alert-batch",
+        type=int,
+        default=None,
+        metavar="N",
+        help="a digest leaves at once when this many alerts wait (250)",
+    )
     p = add("serve", cmd_serve, "watch the configured servers and serve the page")
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=int, default=None)
@@ -207,6 +266,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = add_user_cmd("token", cmd_user_token, "create an API token (printed once)")
     p.add_argument("name")
     p.add_argument("--label", default="cli", help="what the token is for")
+    p = add(
+        "send-test-alert",
+        cmd_send_test_alert,
+        "send one test message through the configured channel",
+    )
+    p.add_argument("--to", default=None, help="the address to send to (e-mail)")
+    p.add_argument(
+        "--channel", default=None, help="a configured channel instead of e-mail"
+    )
+    p = add(
+        "reset-mark",
+        cmd_reset_mark,
+        "forget a server's stored alert cursor (after a restore into a new cluster)",
+    )
+    p.add_argument("--server", required=True)
     return parser
 
 

@@ -169,6 +169,82 @@ class AuthSettings(_Strict):
         return self
 
 
+SmtpSecurity = Literal["plain", "starttls", "tls"]
+
+
+class SmtpSettings(_Strict):
+    """Where alert mail goes. ``SMTP_HOST``, ``SMTP_PORT``, ``SMTP_USER`` and
+    ``SMTP_PASS`` override the file's ``[smtp]`` section.
+
+    ``security`` picks exactly one TLS path: ``plain`` (none, not even an
+    offered STARTTLS), ``starttls`` (required), ``tls`` (implicit, port 465).
+    Left out, it follows the port: 465 is ``tls``, 587 ``starttls``, any other
+    ``plain``.
+    """
+
+    host: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    user: str | None = None
+    password: SecretStr | None = None
+    security: SmtpSecurity | None = None
+    sender: str = "pgagent-watch <pgagent-watch@localhost>"
+    reply_to: str | None = None
+    timeout: float = Field(default=30, gt=0)
+    validate_certs: bool = True
+    # A CA bundle for a server whose certificate a private CA signed.
+    ca_file: Path | None = None
+
+    def effective_security(self) -> SmtpSecurity:
+        if self.security is not None:
+            return self.security
+        return {465: "tls", 587: "starttls"}.get(self.port or 25, "plain")  # type: ignore[return-value]
+
+    def effective_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        return {"tls": 465, "starttls": 587}.get(self.effective_security(), 25)
+
+
+class ChannelConfig(_Strict):
+    """A named Apprise channel (``json://``, ``slack://``, ``ntfy://``, ...).
+
+    Give credentials apart from the URL: they are percent-encoded into it, so
+    a password holding ``@`` or ``/`` works.
+    """
+
+    url: SecretStr
+    user: str | None = None
+    password: SecretStr | None = None
+
+
+class AlertSettings(_Strict):
+    enabled: bool = True
+    # Grouping per recipient and channel.
+    window: float = Field(default=120, gt=0)
+    batch: int = Field(default=250, ge=1, le=10000)
+    # The first alert after a quiet spell waits this long for company.
+    settle: float = Field(default=1, ge=0)
+    # Alerts of one job to one recipient leave at most this often (0: no limit).
+    min_interval: float = Field(default=0, ge=0)
+    # "22:00-07:00": nothing leaves in that span of quiet_timezone.
+    quiet_hours: str | None = Field(default=None, pattern=r"^\d\d:\d\d-\d\d:\d\d$")
+    quiet_timezone: str = "UTC"
+    max_attempts: int = Field(default=10, ge=1)
+    backoff_initial: float = Field(default=5, gt=0)
+    backoff_max: float = Field(default=300, gt=0)
+    # A claim older than this is taken back (its dispatcher died mid-send).
+    claim_timeout: float = Field(default=300, gt=0)
+    # The engine's safety read and the dispatcher's tick.
+    poll_interval: float = Field(default=5, gt=0)
+    # Sent, failed and dead rows older than this leave the outbox.
+    retention_days: float = Field(default=30, gt=0)
+    output_lines: int = Field(default=20, ge=1)
+    output_chars: int = Field(default=4000, ge=100)
+    # The demo's embedded SMTP server (aiosmtpd); its catch is on the page.
+    mail_catcher: bool = False
+    channels: dict[str, ChannelConfig] = Field(default_factory=dict)
+
+
 class Settings(BaseSettings):
     """Everything pgagent-watch reads at start-up."""
 
@@ -187,7 +263,29 @@ class Settings(BaseSettings):
     listener: ListenerSettings = ListenerSettings()
     capture: CaptureSettings = CaptureSettings()
     auth: AuthSettings = AuthSettings()
+    smtp: SmtpSettings = SmtpSettings()
+    alerts: AlertSettings = AlertSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _classic_smtp_env(cls, data: Any) -> Any:
+        """SMTP_HOST, SMTP_PORT, SMTP_USER and SMTP_PASS, as the extension read."""
+        if not isinstance(data, dict):
+            return data
+        classic = {
+            "host": "SMTP_HOST",
+            "port": "SMTP_PORT",
+            "user": "SMTP_USER",
+            "password": "SMTP_PASS",
+        }
+        found = {k: os.environ[v] for k, v in classic.items() if os.environ.get(v)}
+        if found:
+            smtp = data.get("smtp") or {}
+            if isinstance(smtp, BaseModel):
+                smtp = smtp.model_dump()
+            data = {**data, "smtp": {**dict(smtp), **found}}
+        return data
 
     @model_validator(mode="after")
     def _unique_servers(self) -> Settings:

@@ -11,6 +11,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 
@@ -65,10 +66,26 @@ def demo_stack(with_jobs: bool = True, poll_seconds: int = 1) -> Iterator[DemoSt
         cluster.destroy()
 
 
-def demo_settings(stack: DemoStack, port: int) -> Settings:
+def demo_settings(
+    stack: DemoStack,
+    port: int,
+    alert_window: float | None = None,
+    alert_batch: int | None = None,
+) -> Settings:
+    """The demo's settings: its mail catcher on unless SMTP_HOST is set."""
+    alerts: dict[str, Any] = {"mail_catcher": True}
+    if alert_window is not None:
+        alerts["window"] = alert_window
+    if alert_batch is not None:
+        alerts["batch"] = alert_batch
     return load_settings(
         servers=[{"name": "demo", "dsn": stack.cluster.dsn()}],
-        web={"host": "127.0.0.1", "port": port},
+        web={
+            "host": "127.0.0.1",
+            "port": port,
+            "public_url": f"http://127.0.0.1:{port}",
+        },
+        alerts=alerts,
     )
 
 
@@ -80,11 +97,16 @@ async def demo_admin(settings: Settings) -> tuple[str, str, str]:
     return created.name, created.password, token
 
 
-def run_demo(port: int, say: Callable[[str], None] = print) -> int:
+def run_demo(
+    port: int,
+    say: Callable[[str], None] = print,
+    alert_window: float | None = None,
+    alert_batch: int | None = None,
+) -> int:
     """The ``demo`` command: serve until Ctrl-C or SIGTERM, then clean up."""
     with demo_stack() as stack:
         say(f"database: {stack.cluster.url()}")
-        settings = demo_settings(stack, port)
+        settings = demo_settings(stack, port, alert_window, alert_batch)
         admin = asyncio.run(demo_admin(settings))
         say(f"login: {admin[0]} {admin[1]}")
         say(f"token: {admin[2]}")

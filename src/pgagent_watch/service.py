@@ -106,6 +106,10 @@ class Service:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.auth = Authenticator(self)
         self.started = False
+        # Alerts: subscriptions, outbox, dispatch (registers its own consumer).
+        from .alerts.manager import AlertService
+
+        self.alerts = AlertService(self)
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         """Start a background task and keep a reference until it ends."""
@@ -127,6 +131,7 @@ class Service:
             self.spawn(server.listener.run(), f"listener-{server.config.name}")
         self.spawn(self._prune_loop(), "prune")
         self.spawn(self.auth.watch_sockets(), "auth-sockets")
+        await self.alerts.start()
         # Sign-in needs the state database: give it a moment before serving,
         # so that the first clients are not refused; never wait longer.
         with contextlib.suppress(TimeoutError):
@@ -143,6 +148,7 @@ class Service:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.pusher.stop()
+        await self.alerts.stop()
         for server in self.servers.values():
             await server.pool.close(timeout=2)
         await self.state_pool.close(timeout=2)
@@ -303,6 +309,8 @@ class Service:
             s.listener.status.state.value == "connected" for s in self.servers.values()
         )
         ok = ok and self.state_ready.is_set()
+        alerts = self.alerts.health()
+        ok = ok and all(s["cursor"] == "ok" for s in alerts["servers"].values())
         return {
             "status": "ok" if ok else "degraded",
             "servers": servers,
@@ -310,4 +318,5 @@ class Service:
                 "ready": self.state_ready.is_set(),
                 "error": self.state_error,
             },
+            "alerts": alerts,
         }

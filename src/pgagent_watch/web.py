@@ -30,7 +30,7 @@ CSP = (
 
 # Routers of the other modules, included in this order; each module has a
 # ``router`` (an APIRouter).
-ROUTERS: list[str] = [".auth.routes"]
+ROUTERS: list[str] = [".auth.routes", ".alerts.routes"]
 
 
 class ServerOut(BaseModel):
