@@ -72,6 +72,8 @@ timeout = 2
 
 [alerts]
 window = {window}
+# Rows the killed instance was sending are taken back after this.
+claim_timeout = 6
 settle = 0.2
 poll_interval = 0.5
 backoff_initial = 0.2

@@ -105,7 +105,7 @@ def demo_jobs(conn: psycopg.Connection) -> dict[str, int]:
                 Step("1 prepare", "SELECT 1"),
                 Step(
                     "2 export",
-                    "echo 'exporting orders to C:\\exports\\orders.csv'; "
+                    "printf '%s\\n' 'exporting orders to C:\\exports\\orders.csv'; "
                     "echo 'disk quota exceeded' >&2; exit 1",
                     kind="b",
                 ),

@@ -30,7 +30,7 @@ CSP = (
 
 # Routers of the other modules, included in this order; each module has a
 # ``router`` (an APIRouter).
-ROUTERS: list[str] = [".auth.routes", ".alerts.routes"]
+ROUTERS: list[str] = [".auth.routes", ".alerts.routes", ".routes_jobs", ".routes_page"]
 
 
 class ServerOut(BaseModel):

@@ -1,112 +1,71 @@
-// The first page: each server's jobs with their latest status, live.
-// Untrusted text (job and step names) is only ever set with textContent.
-"use strict";
+// The page's entry: identity, servers, the live socket, the hash router.
+// All script lives in files (the Content-Security-Policy forbids inline
+// script); untrusted text is only ever inserted as text.
 
-const STATUS_TEXT = { r: "running", s: "succeeded", f: "failed", i: "internal error", d: "aborted" };
-const servers = new Map(); // id -> { section, tbody, rows: Map(jobId -> tr) }
+import { el, clear, loadMe, me } from "./js/lib.js";
+import { store, onChange, loadServers, loadSubscriptions, connect } from "./js/store.js";
+import { showOverview } from "./js/overview.js";
+import { showJob } from "./js/job.js";
+import { showAlerts } from "./js/alerts.js";
+import { showTrends } from "./js/trends.js";
 
-function el(tag, attrs = {}, text = null) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
-  if (text !== null) node.textContent = text;
-  return node;
-}
+let leave = null;
 
-function when(iso) {
-  return iso ? new Date(iso).toLocaleString() : "";
-}
-
-function setBadge(tr, status, step) {
-  const badge = tr.querySelector(".badge");
-  badge.className = "badge " + (status || "none");
-  badge.textContent = status ? STATUS_TEXT[status] || status : "never ran";
-  tr.dataset.status = status || "";
-  tr.querySelector(".step").textContent = status === "r" && step ? step : "";
-}
-
-function jobRow(server, job) {
-  let tr = server.rows.get(job.job_id);
-  if (!tr) {
-    tr = el("tr", { "data-job-id": String(job.job_id) });
-    tr.append(el("td", { class: "name" }), el("td", {}, ""), el("td", { class: "step" }),
-              el("td", { class: "last" }), el("td", { class: "next" }));
-    tr.children[1].append(el("span", { class: "badge" }));
-    server.rows.set(job.job_id, tr);
-    server.tbody.append(tr);
+function route() {
+  const view = document.getElementById("view");
+  if (leave) { leave(); leave = null; }
+  const hash = location.hash || "#/";
+  let m;
+  for (const a of document.querySelectorAll("nav.main a")) a.toggleAttribute("aria-current", a.getAttribute("href") === (hash.split("/").slice(0, 2).join("/") || "#/"));
+  if ((m = hash.match(/^#\/servers\/(\d+)\/jobs\/(\d+)(?:\/runs\/(\d+))?\/?$/))) {
+    leave = showJob(view, Number(m[1]), Number(m[2]), m[3] ? Number(m[3]) : null);
+    document.title = "job · pgagent-watch";
+  } else if ((m = hash.match(/^#\/trends(?:\/(\d+))?\/?$/))) {
+    showTrends(view, m[1] ? Number(m[1]) : null);
+    document.title = "trends · pgagent-watch";
+  } else if (hash.startsWith("#/alerts")) {
+    showAlerts(view);
+    document.title = "alerts · pgagent-watch";
+  } else {
+    leave = showOverview(view);
+    document.title = "pgagent-watch";
   }
-  tr.querySelector(".name").textContent = job.job_name;
-  tr.querySelector(".last").textContent = when(job.run_start);
-  tr.querySelector(".next").textContent = job.enabled ? when(job.next_run) : "disabled";
-  setBadge(tr, job.status, job.current_step);
+  window.scrollTo(0, 0);
 }
 
-function serverSection(info) {
-  let server = servers.get(info.id);
-  if (server) return server;
-  const section = el("section", { class: "server", "data-server-id": String(info.id) });
-  const h2 = el("h2", {}, info.name + " ");
-  h2.append(el("span", { class: "state" }, info.state));
-  const table = el("table");
-  const head = el("tr");
-  for (const t of ["Job", "Status", "Current step", "Last run", "Next run"]) head.append(el("th", {}, t));
-  table.append(el("thead"), el("tbody"));
-  table.tHead.append(head);
-  section.append(h2, table);
-  document.getElementById("servers").append(section);
-  server = { section, tbody: table.tBodies[0], rows: new Map() };
-  servers.set(info.id, server);
-  return server;
-}
-
-function applyUpdate(u) {
-  const server = servers.get(u.sid);
-  if (!server) return;
-  if (u.kind === "run") {
-    const tr = server.rows.get(u.job_id);
-    if (!tr) { refreshJobs(u.sid); return; }
-    setBadge(tr, u.status, null);
-    if (u.status === "r") tr.querySelector(".last").textContent = when(u.timestamp);
-  } else if (u.kind === "step") {
-    const tr = server.rows.get(u.job_id);
-    if (tr && u.status === "r" && tr.dataset.status === "r") tr.querySelector(".step").textContent = u.step_name || "";
-  } else if (u.kind === "job") {
-    refreshJobs(u.sid);
+function banner(up, back) {
+  const b = document.getElementById("banner");
+  const live = document.getElementById("live");
+  live.textContent = up ? "live" : "offline";
+  live.className = "live " + (up ? "up" : "down");
+  if (!up) {
+    b.textContent = "The live connection is lost: statuses may be out of date. Reconnecting…";
+    b.className = "banner down";
+    b.hidden = false;
+  } else if (back) {
+    b.textContent = "The live connection is back; the page has caught up.";
+    b.className = "banner back";
+    b.hidden = false;
+    setTimeout(() => { if (b.classList.contains("back")) b.hidden = true; }, 6000);
   }
-}
-
-let socket = null;
-
-function refreshJobs(sid) {
-  if (socket) socket.emit("get_job_states", { sid });
 }
 
 async function main() {
-  const list = await (await fetch("/api/servers", { credentials: "same-origin" })).json();
-  for (const info of list) serverSection(info);
-  const live = document.getElementById("live");
-  socket = io("/pgagent", { transports: ["websocket"] });
-  socket.on("connect", () => {
-    live.textContent = "live";
-    live.classList.remove("down");
-    for (const info of list) {
-      socket.emit("start_job_status_listener", { sid: info.id });
-      refreshJobs(info.id);
-    }
-  });
-  socket.on("disconnect", () => {
-    live.textContent = "live connection lost, reconnecting…";
-    live.classList.add("down");
-  });
-  socket.on("job_states", (msg) => {
-    const server = servers.get(msg.sid);
-    if (server) for (const job of msg.jobs) jobRow(server, job);
-  });
-  socket.on("job_status_update", applyUpdate);
-  socket.on("job_status_batch", (msg) => msg.events.forEach(applyUpdate));
-  socket.on("server_status", (msg) => {
-    const server = servers.get(msg.sid);
-    if (server) server.section.querySelector(".state").textContent = msg.state + (msg.reason ? ": " + msg.reason : "");
-  });
+  await loadMe();
+  const who = document.getElementById("who");
+  who.textContent = me.anonymous ? "" : `${me.name} (${me.role}) `;
+  if (me.method === "session") who.append(el("a", { href: "/logout" }, "sign out"));
+  try { await loadServers(); } catch (e) {
+    clear(document.getElementById("view")).append(el("p", { class: "error" }, `Cannot load the servers: ${e.message}`));
+    return;
+  }
+  await loadSubscriptions();
+  onChange((what, data) => { if (what === "live") banner(data.up, data.back); });
+  connect();
+  window.addEventListener("hashchange", route);
+  route();
+  document.body.dataset.ready = "true";
 }
 
-document.addEventListener("DOMContentLoaded", main);
+main();
+export { store };
