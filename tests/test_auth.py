@@ -16,6 +16,7 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import psycopg
@@ -111,6 +112,23 @@ async def stack(cluster: Cluster) -> AsyncIterator[Stack]:
             },
         ],
         state_dsn=cluster.dsn(STATE_DB),
+        # Mail and web hook secrets, to be found nowhere either.
+        smtp={
+            "host": "127.0.0.1",
+            "port": free_port(),
+            "user": "mailer",
+            "password": SECRET,
+            "timeout": 2,
+        },
+        alerts={
+            "channels": {
+                "hook": {
+                    "url": f"json://127.0.0.1:{free_port()}/hook",
+                    "user": "hooker",
+                    "password": SECRET + "@/x",
+                }
+            }
+        },
         auth={
             "free_attempts": 2,
             "backoff_initial": 30,
@@ -859,6 +877,15 @@ async def test_no_secret_reaches_a_response_or_a_log(stack: Stack) -> None:
                 for sid in ("1", "2"):
                     r = await s.client.get(filled(path, sid))
                     bodies.append(r.text + str(r.headers))
+        # Deliveries that fail: their errors name no secret.
+        for channel in (None, "hook"):
+            r = await s.client.post(
+                "/api/alerts/test",
+                json={"to": "x@example.org", "channel": channel},
+                headers={"X-CSRF-Token": s.csrf},
+            )
+            assert r.status_code == 502, r.text
+            bodies.append(r.text)
         # The server that is down: its error (each read waits for the pool).
         r = await s.client.get("/api/servers/77/jobs")
         assert r.status_code == 503
@@ -867,6 +894,7 @@ async def test_no_secret_reaches_a_response_or_a_log(stack: Stack) -> None:
         assert SECRET not in body
     assert stack.logs.lines, "no log captured"
     assert not [line for line in stack.logs.lines if SECRET in line]
+    assert not [line for line in stack.logs.lines if quote(SECRET) in line]
 
 
 # -- the trusted proxy header and reflected input ------------------------------
