@@ -684,6 +684,33 @@ async def test_job_actions_follow_the_roles_and_are_audited(
     assert all(e["address"] == "127.0.0.1" and e["server_id"] == 1 for e in mine)
 
 
+async def test_job_health_settings_follow_the_roles_and_are_audited(
+    stack: Stack, make_job: Any
+) -> None:
+    path = "/api/servers/{server_id}/jobs/{job_id}/health-settings"
+    await _route_or_skip(stack, "put", path)
+    job_id = make_job([samples.Step("1 quick", "SELECT 1")])
+    url = f"/api/servers/1/jobs/{job_id}/health-settings"
+    async with await api(stack) as c:
+        current = await c.get(url, headers=bearer(stack, "view1"))
+        assert current.status_code == 200, current.text
+        body = current.json()
+        for who, status in (("view1", 403), ("view2", 404), ("op1", 200)):
+            r = await c.put(url, json=body, headers=bearer(stack, who))
+            assert r.status_code == status, (who, r.text)
+        entries = (
+            await c.get(
+                "/api/audit",
+                params={"action": "job.health_settings"},
+                headers=bearer(stack, "admin"),
+            )
+        ).json()
+    done = {
+        (e["user_name"], e["ok"]) for e in entries if e["target"] == f"job {job_id}"
+    }
+    assert done == {("view1", False), ("op1", True)}, done
+
+
 async def test_subscriptions_follow_the_roles_through_the_api_and_the_socket(
     stack: Stack, make_job: Any, client_factory: Any
 ) -> None:

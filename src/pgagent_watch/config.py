@@ -169,6 +169,39 @@ class AuthSettings(_Strict):
         return self
 
 
+class DetectSettings(_Strict):
+    """Health detection (detect.py): what counts as down, overdue, stuck, flapping.
+
+    Times are in seconds. Per-job values set through the API
+    (``/api/servers/{id}/jobs/{job_id}/health-settings``) win over these.
+    """
+
+    enabled: bool = True
+    # One read of the server per interval, and soon after a relevant event,
+    # but never more often than min_interval.
+    interval: float = Field(default=30, gt=0)
+    min_interval: float = Field(default=1, ge=0)
+    # No live agent for this long, while a job is scheduled: agent down.
+    agent_grace: float = Field(default=60, ge=0)
+    # A next run this far in the past with no run started: overdue.
+    overdue_grace: float = Field(default=300, ge=0)
+    # A run is stuck after stuck_multiple times the stuck_percentile of the
+    # durations of its job's last stuck_history finished runs (at least
+    # stuck_min_runs of them), and never before stuck_floor; with less
+    # history, after stuck_default (0: never).
+    stuck_multiple: float = Field(default=3, gt=0)
+    stuck_percentile: float = Field(default=0.95, gt=0, le=1)
+    stuck_floor: float = Field(default=300, ge=0)
+    stuck_history: int = Field(default=20, ge=1, le=1000)
+    stuck_min_runs: int = Field(default=5, ge=1, le=1000)
+    stuck_default: float = Field(default=3600, ge=0)
+    # flapping_changes changes between success and failure among the last
+    # 4 x flapping_changes runs that started within flapping_window:
+    # flapping, until at most half as many changes are left.
+    flapping_window: float = Field(default=3600, gt=0)
+    flapping_changes: int = Field(default=4, ge=2, le=100)
+
+
 SmtpSecurity = Literal["plain", "starttls", "tls"]
 
 
@@ -245,6 +278,37 @@ class AlertSettings(_Strict):
     channels: dict[str, ChannelConfig] = Field(default_factory=dict)
 
 
+class LimitSettings(_Strict):
+    """What one browser may cost: its send queue, and the events it may send."""
+
+    # Engine.IO packets waiting for one client; past this it is dropped.
+    client_queue_max: int = Field(default=1000, ge=1)
+    # A token bucket per connection: a burst, refilled at this rate.
+    socket_rate: float = Field(default=20, gt=0)
+    socket_burst: int = Field(default=100, ge=1)
+    # Refused events in a row, past which the connection is closed.
+    socket_strikes: int = Field(default=500, ge=1)
+
+
+class MetricsSettings(_Strict):
+    # How often the database-side figures (queue usage, outbox) are read.
+    interval: float = Field(default=15, gt=0)
+    # pg_notification_queue_usage() above this logs a warning.
+    queue_warn: float = Field(default=0.5, gt=0, le=1)
+
+
+class ClusterSettings(_Strict):
+    """Several instances on one Redis; each server is listened to by one of them."""
+
+    redis_url: SecretStr | None = None
+    channel: str = "pgagent-watch"
+    # A standby instance tries the listen lock this often.
+    standby_interval: float = Field(default=2, gt=0)
+    # The pub/sub self-check: a probe every interval, lost after the timeout.
+    probe_interval: float = Field(default=10, gt=0)
+    probe_timeout: float = Field(default=5, gt=0)
+
+
 class Settings(BaseSettings):
     """Everything pgagent-watch reads at start-up."""
 
@@ -263,8 +327,12 @@ class Settings(BaseSettings):
     listener: ListenerSettings = ListenerSettings()
     capture: CaptureSettings = CaptureSettings()
     auth: AuthSettings = AuthSettings()
+    detect: DetectSettings = DetectSettings()
     smtp: SmtpSettings = SmtpSettings()
     alerts: AlertSettings = AlertSettings()
+    limits: LimitSettings = LimitSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    cluster: ClusterSettings = ClusterSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="before")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, NamedTuple, TypedDict
+from typing import Any, Literal, NamedTuple, NotRequired, TypedDict
 
-EventKind = Literal["run", "step", "job"]
+EventKind = Literal["run", "step", "job", "agent_down", "overdue", "stuck", "flapping"]
 
 RUN_STATUS_TEXT = {
     "r": "running",
@@ -23,13 +23,22 @@ STEP_STATUS_TEXT = {
     "d": "aborted",
 }
 JOB_STATUS_TEXT = {"created": "created", "changed": "changed", "deleted": "deleted"}
-KINDS: tuple[str, ...] = ("run", "step", "job")
+# Derived kinds: states pgAgent does not report, found by the detector
+# (detect.py). Each is a condition with a ``start`` and an ``end`` event.
+DERIVED_KINDS: tuple[str, ...] = ("agent_down", "overdue", "stuck", "flapping")
+DERIVED_STATUS_TEXT = {
+    "agent_down": {"start": "no agent alive", "end": "agent alive again"},
+    "overdue": {"start": "overdue", "end": "no longer overdue"},
+    "stuck": {"start": "stuck", "end": "no longer stuck"},
+    "flapping": {"start": "flapping", "end": "stopped flapping"},
+}
+KINDS: tuple[str, ...] = ("run", "step", "job", *DERIVED_KINDS)
 
 
 def status_text(kind: str, status: str | None) -> str:
     """Spell out a status letter of pgAgent's for the given event kind."""
     table = {"run": RUN_STATUS_TEXT, "step": STEP_STATUS_TEXT}.get(
-        kind, JOB_STATUS_TEXT
+        kind, DERIVED_STATUS_TEXT.get(kind, JOB_STATUS_TEXT)
     )
     if status is None:
         return ""
@@ -53,6 +62,8 @@ class JobStatusUpdate(TypedDict):
     result: int | None
     timestamp: str
     duration: float | None
+    # Derived kinds only: the condition's details (host, since, limit, ...).
+    extra: NotRequired[dict[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +95,12 @@ class JobEvent:
         return status_text(self.kind, self.status)
 
     def to_wire(self) -> JobStatusUpdate:
-        """The ``job_status_update`` payload for this event."""
-        return {
+        """The ``job_status_update`` payload for this event.
+
+        Derived kinds (``agent_down``, ...) also carry ``extra``, a small
+        object the detector wrote; the other kinds keep theirs off the wire.
+        """
+        wire: JobStatusUpdate = {
             "sid": self.server_id,
             "event_id": self.event_id,
             "kind": self.kind,
@@ -101,6 +116,9 @@ class JobEvent:
             "timestamp": self.at.isoformat(),
             "duration": self.duration,
         }
+        if self.kind in DERIVED_KINDS:
+            wire["extra"] = self.extra
+        return wire
 
 
 class Notice(NamedTuple):
@@ -121,7 +139,8 @@ class PayloadError(ValueError):
 def _opt_int(text: str) -> int | None:
     if text == "":
         return None
-    if not text.isdigit() or len(text) > 19:
+    # isdigit() alone accepts '²' and other digits int() refuses.
+    if not (text.isascii() and text.isdigit()) or len(text) > 19:
         raise PayloadError(f"not an id: {text[:20]!r}")
     return int(text)
 

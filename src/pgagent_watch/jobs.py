@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, datetime, time
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import psycopg
 from psycopg.rows import dict_row
@@ -28,6 +28,8 @@ class JobState(TypedDict):
     run_duration: float | None
     current_step: str | None
     failed_step: str | None
+    # The job's open health conditions (detect.Condition.as_dict()).
+    health: NotRequired[list[dict[str, Any]]]
 
 
 # One statement per server, however many jobs: the latest run of each job

@@ -20,7 +20,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -30,7 +30,7 @@ from .config import ListenerSettings, ServerConfig
 from .errors import PgAgentWatchError, ReplayMarkError
 from .events import PayloadError, parse_payload
 from .hub import Hub
-from .replay import EventCursor
+from .replay import CursorState, EventCursor
 
 logger = logging.getLogger("pgagent_watch.listener")
 
@@ -46,6 +46,16 @@ class ListenerState(StrEnum):
     # Another instance holds this server's listen lock.
     STANDBY = "standby"
     STOPPED = "stopped"
+
+
+class Coordinator(Protocol):
+    """Shares a server between instances: who listens, and from which mark."""
+
+    async def acquire(self, conn: psycopg.AsyncConnection[Any]) -> bool: ...
+
+    async def load(self) -> CursorState | None: ...
+
+    def save(self, state: CursorState) -> None: ...
 
 
 class ServerProblem(PgAgentWatchError, RuntimeError):
@@ -106,6 +116,9 @@ class Listener:
         self.status = ListenerStatus()
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._wake = asyncio.Event()
+        # Set when several instances share this server (scaleout.ListenLock).
+        self.coordinator: Coordinator | None = None
+        self.standby_interval = 2.0
         # Full reads done so far: tests and /healthz can tell one happened.
         self.full_reads = 0
 
@@ -164,6 +177,8 @@ class Listener:
         self._conn = conn
         try:
             await self._check_schema(conn)
+            if self.coordinator is not None:
+                await self._standby(conn, self.coordinator)
             listen = sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL))
             await self._bounded(conn.execute(listen))
             events = []
@@ -179,6 +194,9 @@ class Listener:
                 await self._bounded(self.cursor.start_from_now(conn))
             self.status.connected_at = datetime.now(UTC)
             self._set_state(ListenerState.CONNECTED)
+            if self.coordinator is not None and self.cursor.state is not None:
+                # The next holder must start here even if no event comes.
+                self.coordinator.save(self.cursor.state)
             logger.info(
                 "listening to %s (%s)", self.server.name, self.server.describe()
             )
@@ -188,6 +206,17 @@ class Listener:
             self._conn = None
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.close(), 2)
+
+    async def _standby(
+        self, conn: psycopg.AsyncConnection[Any], coordinator: Coordinator
+    ) -> None:
+        """Wait, connected, until this instance may listen; take the shared mark."""
+        while not await self._bounded(coordinator.acquire(conn)):
+            self._set_state(ListenerState.STANDBY, "another instance listens")
+            await asyncio.sleep(self.standby_interval)
+        state = await coordinator.load()
+        if state is not None:
+            self.cursor.state = state
 
     async def _check_schema(self, conn: psycopg.AsyncConnection[Any]) -> None:
         cur = await self._bounded(
@@ -257,6 +286,8 @@ class Listener:
         self.status.last_event_at = now
         self.status.lag_seconds = max(0.0, (now - events[-1].at).total_seconds())
         self.hub.publish(events)
+        if self.coordinator is not None and self.cursor.state is not None:
+            self.coordinator.save(self.cursor.state)
 
     @property
     def backend_pid(self) -> int | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -32,6 +33,9 @@ logger = logging.getLogger("pgagent_watch.push")
 
 NAMESPACE = "/pgagent"
 MAX_ID = 2**31 - 1
+# Events in one job_status_batch frame: a burst after a long outage leaves as
+# several frames of bounded size, not one that a client refuses.
+MAX_BATCH = 200
 
 
 def room(server_id: int) -> str:
@@ -69,6 +73,28 @@ def server_id_of(data: Any) -> int:
 Handler = Callable[[str, Principal, Any], Awaitable[Any]]
 
 
+class _Bucket:
+    """A token bucket: ``burst`` events at once, ``rate`` a second after that."""
+
+    __slots__ = ("last", "strikes", "tokens")
+
+    def __init__(self, burst: int) -> None:
+        self.tokens = float(burst)
+        self.last = time.monotonic()
+        self.strikes = 0
+
+    def take(self, rate: float, burst: int) -> bool:
+        now = time.monotonic()
+        self.tokens = min(float(burst), self.tokens + (now - self.last) * rate)
+        self.last = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            self.strikes = 0
+            return True
+        self.strikes += 1
+        return False
+
+
 class PgAgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     """The socket protocol; every rule about who may see what is the Principal's."""
 
@@ -77,6 +103,26 @@ class PgAgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         self.service = service
         # Extra events other modules register (subscriptions, ...).
         self.extra_handlers: dict[str, Handler] = {}
+        self._buckets: dict[str, _Bucket] = {}
+
+    async def _rate_limited(self, sid: str) -> dict[str, Any] | None:
+        """None if the client may send this event, else the error it gets."""
+        limits = self.service.settings.limits
+        bucket = self._buckets.get(sid)
+        if bucket is None:
+            bucket = self._buckets[sid] = _Bucket(limits.socket_burst)
+        if bucket.take(limits.socket_rate, limits.socket_burst):
+            return None
+        if bucket.strikes > limits.socket_strikes:
+            logger.warning("socket %s: rate limit ignored, disconnected", sid)
+            self._buckets.pop(sid, None)
+            await self.disconnect(sid)
+            return None
+        payload = {"sid": None, "code": "RATE_LIMITED", "error": "too many events"}
+        if bucket.strikes == 1:
+            # Once per run of refusals: the error itself must not flood.
+            await self.emit("job_status_listener_error", payload, to=sid)
+        return payload
 
     async def _principal(self, sid: str) -> Principal | None:
         session = await self.get_session(sid)
@@ -164,7 +210,18 @@ class PgAgentNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         return payload
 
     async def trigger_event(self, event: str, *args: Any) -> Any:
-        """Route registered extra events; unknown events get a clear answer."""
+        """Route registered extra events; unknown events get a clear answer.
+
+        Every event a client sends first passes its rate limit: past it the
+        event is refused with ``RATE_LIMITED`` and the connection stays up,
+        unless the client keeps on past ``[limits] socket_strikes`` refusals.
+        """
+        if event == "disconnect" and args:
+            self._buckets.pop(args[0], None)
+        elif event != "connect" and args and isinstance(args[0], str):
+            refused = await self._rate_limited(args[0])
+            if refused is not None:
+                return refused
         handler_name = f"on_{event}"
         if hasattr(self, handler_name) or event in ("connect", "disconnect"):
             return await super().trigger_event(event, *args)
@@ -212,6 +269,12 @@ class Pusher:
         self._task: asyncio.Task[None] | None = None
         self.frames = 0
         self.events = 0
+        # Batches submitted, and of those, emitted (for the Redis manager:
+        # handed to Redis). A shared replay mark may only move past events
+        # that have left (scaleout.ListenLock waits on this).
+        self.submitted = 0
+        self.emitted = 0
+        self._emitted_changed = asyncio.Event()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="pusher")
@@ -226,10 +289,21 @@ class Pusher:
             self._task = None
         await self._flush()
 
+    async def flush(self) -> int:
+        """Emit every event waiting now, without waiting for the next tick."""
+        return await self._flush()
+
     def submit(self, events: Sequence[JobEvent]) -> None:
         for event in events:
             self._pending[event.server_id].append(event.to_wire())
+        self.submitted += 1
         self._wake.set()
+
+    async def wait_emitted(self, batch: int) -> None:
+        """Return once the ``batch``-th submitted batch has been emitted."""
+        while self.emitted < batch:
+            self._emitted_changed.clear()
+            await self._emitted_changed.wait()
 
     def server_state(self, server_id: int, state: str, reason: str | None) -> None:
         payload = {"sid": server_id, "state": state, "reason": reason}
@@ -256,26 +330,37 @@ class Pusher:
 
     async def _flush(self) -> int:
         pending, self._pending = self._pending, defaultdict(list)
+        upto = self.submitted
         sent = 0
-        for server_id, updates in pending.items():
-            if len(updates) == 1:
-                await self.sio.emit(
-                    "job_status_update",
-                    updates[0],
-                    room=room(server_id),
-                    namespace=NAMESPACE,
-                )
-            else:
-                await self.sio.emit(
-                    "job_status_batch",
-                    {"sid": server_id, "events": updates},
-                    room=room(server_id),
-                    namespace=NAMESPACE,
-                )
-            self.frames += 1
-            self.events += len(updates)
-            sent += len(updates)
+        try:
+            for server_id, waiting in pending.items():
+                for start in range(0, len(waiting), MAX_BATCH):
+                    batch = waiting[start : start + MAX_BATCH]
+                    sent += await self._emit(server_id, batch)
+        finally:
+            # Failed or not, these are done with: never wait on them again.
+            self.emitted = max(self.emitted, upto)
+            self._emitted_changed.set()
         return sent
+
+    async def _emit(self, server_id: int, updates: list[JobStatusUpdate]) -> int:
+        if len(updates) == 1:
+            await self.sio.emit(
+                "job_status_update",
+                updates[0],
+                room=room(server_id),
+                namespace=NAMESPACE,
+            )
+        else:
+            await self.sio.emit(
+                "job_status_batch",
+                {"sid": server_id, "events": updates},
+                room=room(server_id),
+                namespace=NAMESPACE,
+            )
+        self.frames += 1
+        self.events += len(updates)
+        return len(updates)
 
 
 _background: set[asyncio.Task[Any]] = set()

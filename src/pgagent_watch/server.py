@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import Callable, Generator
 
 import uvicorn
@@ -41,6 +42,17 @@ class _Server(uvicorn.Server):
             for sig in handled:
                 loop.remove_signal_handler(sig)
 
+    service: Service | None = None
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Stop accepting first, then send what is waiting, and only then let
+        # uvicorn close the connections: in-flight deliveries are finished.
+        for server in self.servers:
+            server.close()
+        if self.service is not None:
+            await self.service.drain()
+        await super().shutdown(sockets)
+
     def _ask_exit(self) -> None:
         if self.should_exit:
             self.force_exit = True
@@ -66,7 +78,21 @@ def make_server(service: Service, host: str, port: int) -> uvicorn.Server:
         timeout_graceful_shutdown=5,
         access_log=False,
     )
-    return _Server(config)
+    server = _Server(config)
+    server.service = service
+
+    def abort_peer(peer: tuple[str, int]) -> bool:
+        # A dropped client may never read again: abort its connection, which
+        # frees the buffers and ends the writer that waits on it.
+        for conn in list(server.server_state.connections):
+            client = getattr(conn, "client", None)
+            if client is not None and tuple(client) == peer:
+                conn.transport.abort()
+                return True
+        return False
+
+    service.sio.eio.abort_peer = abort_peer
+    return server
 
 
 async def serve(

@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-import socketio
 from psycopg_pool import AsyncConnectionPool
 
-from . import capture, jobs, state, users
+from . import capture, flow, jobs, state, users
 from .access import Principal
 from .auth.sessions import (
     Authenticated,
@@ -26,9 +25,12 @@ from .auth.sessions import (
     peer_of_environ,
 )
 from .config import ServerConfig, Settings
+from .detect import Detector, JobSettingStore
 from .hub import Hub
 from .listener import Listener
+from .metrics import Metrics
 from .push import PgAgentNamespace, Pusher
+from .scaleout import ListenLock, RedisManager
 
 logger = logging.getLogger("pgagent_watch.service")
 
@@ -41,6 +43,7 @@ class MonitoredServer:
     config: ServerConfig
     listener: Listener
     pool: AsyncConnectionPool
+    detector: Detector | None = None
 
     def public(self) -> dict[str, Any]:
         """What anyone allowed to see this server may know of it."""
@@ -50,6 +53,7 @@ class MonitoredServer:
             "name": self.config.name,
             "state": status.state.value,
             "reason": status.reason,
+            "health": self.detector.counts() if self.detector else None,
         }
 
 
@@ -59,7 +63,17 @@ class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.hub = Hub()
-        self.sio = socketio.AsyncServer(
+        cluster = settings.cluster
+        self.redis: RedisManager | None = None
+        if cluster.redis_url is not None:
+            self.redis = RedisManager(
+                cluster.redis_url.get_secret_value(),
+                cluster.channel,
+                cluster.probe_interval,
+                cluster.probe_timeout,
+            )
+        self.sio = flow.AsyncServer(
+            client_manager=self.redis,
             async_mode="asgi",
             cors_allowed_origins=[],
             ping_interval=settings.web.ping_interval,
@@ -69,10 +83,13 @@ class Service:
             logger=False,
             engineio_logger=False,
         )
+        self.sio.eio.client_queue_max = settings.limits.client_queue_max
         self.namespace = PgAgentNamespace(self)
         self.sio.register_namespace(self.namespace)
         self.pusher = Pusher(self.sio, settings.web.coalesce_ms / 1000)
         self.hub.add(self.pusher)
+        self.metrics = Metrics(self)
+        self.hub.add(self.metrics)
         self.servers: dict[int, MonitoredServer] = {}
         for server_id, config in settings.server_ids().items():
             listener = Listener(server_id, config, settings.listener, self.hub)
@@ -87,6 +104,7 @@ class Service:
                 name=f"pgagent-watch-{config.name}",
             )
             self.servers[server_id] = MonitoredServer(server_id, config, listener, pool)
+        self.locks: list[ListenLock] = []
         # The service's own state (users, subscriptions, outbox): one pool.
         self.state_pool = AsyncConnectionPool(
             settings.state_conninfo(application_name="pgagent-watch state")
@@ -102,6 +120,30 @@ class Service:
         )
         self.state_ready = asyncio.Event()
         self.state_error: str | None = None
+        # Health detection: one detector per server, a hub consumer too.
+        self.job_settings = JobSettingStore(self.state_pool, self.state_ready)
+        self.detectors: dict[int, Detector] = {}
+        if settings.detect.enabled:
+            for server in self.servers.values():
+                server.detector = Detector(
+                    server.id,
+                    server.config.name,
+                    server.listener,
+                    server.pool,
+                    settings.detect,
+                    self.job_settings,
+                )
+                self.detectors[server.id] = server.detector
+                self.hub.add(server.detector)
+        if self.redis is not None:
+            # Several instances: one listens to each server, from a shared mark.
+            for server in self.servers.values():
+                lock = ListenLock(
+                    server.config.name, self.state_pool, self.state_ready, self.pusher
+                )
+                server.listener.coordinator = lock
+                server.listener.standby_interval = cluster.standby_interval
+                self.locks.append(lock)
         self._users_exist: tuple[float, bool] = (0.0, False)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.auth = Authenticator(self)
@@ -129,14 +171,42 @@ class Service:
         for server in self.servers.values():
             await server.pool.open(wait=False)
             self.spawn(server.listener.run(), f"listener-{server.config.name}")
+            if server.detector is not None:
+                self.spawn(server.detector.run(), f"detect-{server.config.name}")
         self.spawn(self._prune_loop(), "prune")
         self.spawn(self.auth.watch_sockets(), "auth-sockets")
         await self.alerts.start()
+        self.spawn(self.metrics.run(), "metrics")
+        for lock in self.locks:
+            self.spawn(lock.run(), f"mark-{lock.server_name}")
+        if self.redis is not None:
+            # Subscribe now, not at the first browser, and keep the task.
+            self.sio.manager_initialized = True
+            self.redis.initialize()
+            self.spawn(self.redis.watch(), "redis-probe")
         # Sign-in needs the state database: give it a moment before serving,
         # so that the first clients are not refused; never wait longer.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.state_ready.wait(), 10)
         logger.info("watching %d servers", len(self.servers))
+
+    async def drain(self, limit: float = 2) -> None:
+        """Send the events waiting in the push and in every client's queue.
+
+        Called on shutdown while the connections are still open; gives up
+        after ``limit`` seconds (a client that does not read is not waited
+        for).
+        """
+
+        async def drained() -> None:
+            await self.pusher.flush()
+            sockets = list(self.sio.eio.sockets.values())
+            await asyncio.gather(*(s.queue.join() for s in sockets))
+
+        try:
+            await asyncio.wait_for(drained(), limit)
+        except TimeoutError:
+            logger.warning("shutdown: some clients did not take their last events")
 
     async def stop(self) -> None:
         """Stop every task, finish pending pushes, close every connection."""
@@ -146,13 +216,34 @@ class Service:
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            # Bounded: a task that does not end on cancel must not hold the exit.
+            _, stuck = await asyncio.wait(tasks, timeout=5)
+            for task in stuck:
+                logger.warning("task %s did not stop in 5 s", task.get_name())
         await self.pusher.stop()
         await self.alerts.stop()
+        for lock in self.locks:
+            try:
+                await asyncio.wait_for(lock.flush(), 5)
+            except Exception as exc:
+                logger.warning("mark of %s not saved: %s", lock.server_name, exc)
+        if self.redis is not None:
+            await self._stop_redis(self.redis)
         for server in self.servers.values():
             await server.pool.close(timeout=2)
         await self.state_pool.close(timeout=2)
         logger.info("stopped")
+
+    async def _stop_redis(self, redis: RedisManager) -> None:
+        thread = getattr(redis, "thread", None)
+        if thread is not None:
+            thread.cancel()
+            await asyncio.gather(thread, return_exceptions=True)
+        try:
+            await asyncio.wait_for(redis.close(), 2)
+        except Exception as exc:
+            logger.debug("closing Redis: %s", exc)
 
     async def _prepare_state(self) -> None:
         """Migrate the state schema, retrying until the state database answers."""
@@ -294,15 +385,29 @@ class Service:
     async def job_states(
         self, server_id: int, job_id: int | None = None
     ) -> list[jobs.JobState]:
-        """The jobs of a server with their latest run, read through its pool."""
+        """The jobs of a server with their latest run, read through its pool.
+
+        Each job also has ``health``: its open conditions (stuck, overdue,
+        flapping), an empty list when detection is off.
+        """
         server = self.servers[server_id]
         async with server.pool.connection(timeout=5) as conn:
-            return await jobs.job_states(conn, job_id)
+            states = await jobs.job_states(conn, job_id)
+        conditions = await server.detector.conditions() if server.detector else []
+        for job in states:
+            job["health"] = [
+                c.as_dict() for c in conditions if c.job_id == job["job_id"]
+            ]
+        return states
 
     def health(self) -> dict[str, Any]:
         """Each listener's state; no connection string, no secret."""
         servers = {
-            str(s.id): {"name": s.config.name, **s.listener.status.as_dict()}
+            str(s.id): {
+                "name": s.config.name,
+                **s.listener.status.as_dict(),
+                "detect": s.detector.status() if s.detector else None,
+            }
             for s in self.servers.values()
         }
         ok = all(

@@ -30,7 +30,14 @@ CSP = (
 
 # Routers of the other modules, included in this order; each module has a
 # ``router`` (an APIRouter).
-ROUTERS: list[str] = [".auth.routes", ".alerts.routes", ".routes_jobs", ".routes_page"]
+ROUTERS: list[str] = [
+    ".auth.routes",
+    ".alerts.routes",
+    ".routes_jobs",
+    ".routes_page",
+    ".detect",
+    ".metrics",
+]
 
 
 class ServerOut(BaseModel):
@@ -38,6 +45,8 @@ class ServerOut(BaseModel):
     name: str
     state: str
     reason: str | None
+    # Open health conditions by kind (agent_down, overdue, stuck, flapping).
+    health: dict[str, int] | None = None
 
 
 def static_dir() -> str:

@@ -30,13 +30,26 @@ CREATE TABLE IF NOT EXISTS pgagent_watch.event (
 CREATE INDEX IF NOT EXISTS event_xid ON pgagent_watch.event (xid);
 -- BRIN: nearly free on insert, enough to find the rows to prune.
 CREATE INDEX IF NOT EXISTS event_at ON pgagent_watch.event USING brin (at);
+-- Health detection finds its open conditions (the latest event of each)
+-- here; only derived events are indexed, so capture's inserts pay nothing.
+CREATE INDEX IF NOT EXISTS event_derived ON pgagent_watch.event (kind, job_id, jlgid, id)
+    WHERE kind IN ('agent_down', 'overdue', 'stuck', 'flapping');
 
 CREATE OR REPLACE FUNCTION pgagent_watch.notify(p_id bigint, p_payload text)
 RETURNS void LANGUAGE plpgsql AS $fn$
+DECLARE
+    -- The threshold can be set (ALTER SYSTEM, ALTER DATABASE, SET) as
+    -- pgagent_watch.notify_max_usage; anything but a plain number is ignored
+    -- rather than cast, since a failed cast would lose the event.
+    v_text text := current_setting('pgagent_watch.notify_max_usage', true);
+    v_max float8 := 0.9;
 BEGIN
-    -- Above 90 % the queue may fill before our COMMIT and fail pgAgent's
-    -- own transaction; the listener's safety read finds the event anyway.
-    IF pg_notification_queue_usage() < 0.9 THEN
+    IF v_text ~ '^\s*(0|1)?(\.[0-9]+)?\s*$' AND v_text ~ '[0-9]' THEN
+        v_max := v_text::float8;
+    END IF;
+    -- Above the threshold the queue may fill before our COMMIT and fail
+    -- pgAgent's own transaction; the listener's safety read finds the event.
+    IF pg_notification_queue_usage() < v_max THEN
         PERFORM pg_notify('pgagent_watch', p_id::text || ',' || p_payload);
     END IF;
 END

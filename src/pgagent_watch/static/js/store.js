@@ -91,7 +91,11 @@ function applyUpdate(u) {
     const on = u.status === "start";
     if (u.job_id) {
       const job = store.jobs.get(key(sid, u.job_id));
-      if (job) { if (on) job.health.add(u.kind); else job.health.delete(u.kind); }
+      if (job) {
+        if (on) job.health.add(u.kind); else job.health.delete(u.kind);
+        // The start's details (since when, why) for the badge's title.
+        job.healthInfo = { ...job.healthInfo, [u.kind]: on ? { kind: u.kind, since: (u.extra || {}).since, opened_at: u.timestamp, extra: u.extra } : undefined };
+      }
     } else {
       const set = store.serverHealth.get(sid) || new Set();
       if (on) set.add(u.kind); else set.delete(u.kind);
