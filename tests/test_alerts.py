@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -71,8 +72,14 @@ async def test_a_failing_batch_step_arrives_naming_the_step_and_its_output(
             assert answer.json()["statuses"] == ["failed"]
             samples.run_now(db, job_id)
             await until(lambda: inbox.to(address), "the digest", limit=60)
-            listed = await http.get("/api/alerts?state=sent", headers=auth)
-            assert [a["job_id"] for a in listed.json()] == [job_id]
+            # The mail can arrive a moment before the outbox records it.
+            deadline = asyncio.get_running_loop().time() + 30
+            while True:
+                listed = (await http.get("/api/alerts?state=sent", headers=auth)).json()
+                if listed or asyncio.get_running_loop().time() > deadline:
+                    break
+                await asyncio.sleep(0.1)
+            assert [a["job_id"] for a in listed] == [job_id]
     mail = inbox.to(address)[0]
     name = db.execute(
         "SELECT jobname FROM pgagent.pga_job WHERE jobid = %s", (job_id,)

@@ -174,7 +174,6 @@ class Listener:
         conn = await self._bounded(
             psycopg.AsyncConnection.connect(conninfo, autocommit=True)
         )
-        self._conn = conn
         try:
             await self._check_schema(conn)
             if self.coordinator is not None:
@@ -193,6 +192,8 @@ class Listener:
             else:
                 await self._bounded(self.cursor.start_from_now(conn))
             self.status.connected_at = datetime.now(UTC)
+            # Only now is the connection the listener's: its cursor is ready.
+            self._conn = conn
             self._set_state(ListenerState.CONNECTED)
             if self.coordinator is not None and self.cursor.state is not None:
                 # The next holder must start here even if no event comes.

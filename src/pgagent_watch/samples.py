@@ -106,7 +106,7 @@ def demo_jobs(conn: psycopg.Connection) -> dict[str, int]:
                 Step(
                     "2 export",
                     "printf '%s\\n' 'exporting orders to C:\\exports\\orders.csv'; "
-                    "echo 'disk quota exceeded' >&2; exit 1",
+                    "echo 'error: disk quota exceeded'; exit 1",
                     kind="b",
                 ),
             ],

@@ -25,7 +25,7 @@ from .auth.sessions import (
     peer_of_environ,
 )
 from .config import ServerConfig, Settings
-from .detect import Detector, JobSettingStore
+from .detect import DetectCollector, Detector, JobSettingStore
 from .hub import Hub
 from .listener import Listener
 from .metrics import Metrics
@@ -135,6 +135,7 @@ class Service:
                 )
                 self.detectors[server.id] = server.detector
                 self.hub.add(server.detector)
+        self.metrics.registry.register(DetectCollector(self.detectors))
         if self.redis is not None:
             # Several instances: one listens to each server, from a shared mark.
             for server in self.servers.values():
