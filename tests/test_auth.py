@@ -1085,6 +1085,8 @@ async def _fuzz(stack: Stack, running: Running, tmp_path: Any) -> None:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env={"PATH": _venv_path(), "HOME": str(tmp_path)},
+        # Its cache (.schemathesis/) goes there too, not into the checkout.
+        cwd=str(tmp_path),
     )
     out, _ = await asyncio.wait_for(proc.communicate(), 240)
     text = out.decode(errors="replace")
