@@ -66,8 +66,10 @@ class StallProxy:
             pipe["stalled"] = True
 
     async def close(self) -> None:
+        """End every connection; calling it again does nothing."""
         if self._server is not None:
             self._server.close()
+            self._server = None
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -75,6 +77,7 @@ class StallProxy:
             for w in pipe["writers"]:
                 with contextlib.suppress(Exception):
                     w.close()
+        self._pipes.clear()
 
 
 class RawWebSocket:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pgagent_watch import samples
@@ -15,6 +16,18 @@ from .fix_cluster import (
     until,
     wait_connected,
 )
+
+
+@pytest.fixture
+async def client_factory(client_factory):
+    """Clients that do not reconnect: the test stops the service under them."""
+
+    async def make(url: str, **kw):
+        client = await client_factory(url, **kw)
+        client.sio.reconnection = False
+        return client
+
+    return make
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -411,8 +411,10 @@ class Service:
             }
             for s in self.servers.values()
         }
+        # A standby listener is healthy: another instance listens for it.
         ok = all(
-            s.listener.status.state.value == "connected" for s in self.servers.values()
+            s.listener.status.state.value in ("connected", "standby")
+            for s in self.servers.values()
         )
         ok = ok and self.state_ready.is_set()
         alerts = self.alerts.health()
