@@ -30,8 +30,12 @@ async def test_subscriptions_are_per_user_and_bad_input_gets_a_clear_error(
     async with running_service(alert_settings(cluster, None)) as running:
         await alerts_ready(running)
         async with httpx.AsyncClient(base_url=running.url) as http:
-            # No user yet: the anonymous administrator cannot subscribe.
-            anon = await http.put("/api/subscriptions", json={"server_id": 1})
+            # No user yet: the anonymous administrator cannot subscribe. (The
+            # page's requests carry the CSRF token /api/me gives.)
+            csrf = {"X-CSRF-Token": (await http.get("/api/me")).json()["csrf_token"]}
+            anon = await http.put(
+                "/api/subscriptions", json={"server_id": 1}, headers=csrf
+            )
             assert anon.status_code == 403
             assert "user" in anon.json()["detail"]["error"]
             nobody = await client_factory(running.url)

@@ -502,6 +502,9 @@ async def test_a_jobs_own_maximum_set_through_the_api_makes_its_long_run_stuck(
         client = await watch.client()
         url = f"/api/servers/1/jobs/{job_id}/health-settings"
         async with httpx.AsyncClient(base_url=watch.url) as http:
+            # As the page does: the CSRF token /api/me gives.
+            me = (await http.get("/api/me")).json()
+            http.headers["X-CSRF-Token"] = me["csrf_token"]
             put = await http.put(url, json={"max_duration": 1})
             assert put.status_code == 200, put.text
             got = (await http.get(url)).json()

@@ -44,7 +44,13 @@ class Principal:
 
     @property
     def is_admin(self) -> bool:
+        """Users, servers, channels, every subscription and the audit trail."""
         return self.role == Role.ADMIN
+
+    def owns_or_admin(self, owner_id: int | None) -> bool:
+        """Whether this user may change a thing (a token, a subscription) of
+        the user ``owner_id``: their own, or anyone's for an administrator."""
+        return self.is_admin or (self.user_id is not None and owner_id == self.user_id)
 
     def visible(self, server_ids: Iterable[int]) -> list[int]:
         return [s for s in server_ids if self.can_see(s)]

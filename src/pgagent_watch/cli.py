@@ -144,6 +144,45 @@ def cmd_reset_mark(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_user_add(args: argparse.Namespace) -> int:
+    from .auth.admin import add_user
+
+    password = None
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    created = asyncio.run(
+        add_user(
+            _settings(args),
+            args.name,
+            args.role,
+            email=args.email,
+            servers=args.server,
+            password=password,
+        )
+    )
+    say(f"user {created.name} created (id {created.user_id})")
+    if created.password is not None:
+        say(f"password: {created.password}")
+    return 0
+
+
+def cmd_user_list(args: argparse.Namespace) -> int:
+    from .auth.admin import list_users
+
+    for user in asyncio.run(list_users(_settings(args))):
+        flags = " (disabled)" if user["disabled"] else ""
+        servers = ",".join(user["servers"]) or "-"
+        say(f"{user['name']}\t{user['role']}\t{user['email'] or '-'}\t{servers}{flags}")
+    return 0
+
+
+def cmd_user_token(args: argparse.Namespace) -> int:
+    from .auth.admin import new_token
+
+    say(asyncio.run(new_token(_settings(args), args.name, args.label)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pgagent-watch", description="Live job status and alerting for pgAgent."
@@ -196,6 +235,37 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("uninstall", cmd_uninstall, "remove capture from a server's database")
     p.add_argument("--server", required=True)
     add("check", cmd_check, "check that every server is reachable and watched")
+
+    user = sub.add_parser("user", help="manage users", description="manage users")
+    user_sub = user.add_subparsers(dest="user_command", required=True)
+
+    def add_user_cmd(name: str, func: Command, help: str) -> argparse.ArgumentParser:
+        p = user_sub.add_parser(name, help=help, description=help)
+        p.add_argument(
+            "--config", "-c", default=None, help="the TOML configuration file"
+        )
+        p.set_defaults(func=func)
+        return p
+
+    p = add_user_cmd("add", cmd_user_add, "create a user (prints a generated password)")
+    p.add_argument("name")
+    p.add_argument("--email", default=None)
+    p.add_argument("--role", default="viewer", choices=["viewer", "operator", "admin"])
+    p.add_argument(
+        "--server",
+        action="append",
+        default=None,
+        help="a server the user may see (repeat; default: every server)",
+    )
+    p.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of standard input",
+    )
+    add_user_cmd("list", cmd_user_list, "list the users")
+    p = add_user_cmd("token", cmd_user_token, "create an API token (printed once)")
+    p.add_argument("name")
+    p.add_argument("--label", default="cli", help="what the token is for")
     p = add(
         "send-test-alert",
         cmd_send_test_alert,

@@ -137,6 +137,38 @@ class CaptureSettings(_Strict):
     prune_interval: float = Field(default=3600, gt=0)
 
 
+class AuthSettings(_Strict):
+    """Sign-in: sessions, slowing down guessers, an optional trusted proxy header."""
+
+    # Signs the session cookie. Unset: a random key kept in the state
+    # database, shared by every instance that uses it.
+    secret_key: SecretStr | None = None
+    # A session unused this long ends; no session lives longer than max_age.
+    idle_timeout: float = Field(default=3600, gt=0)
+    max_age: float = Field(default=12 * 3600, gt=0)
+    # None: Secure cookies when web.public_url starts with https.
+    cookie_secure: bool | None = None
+    cookie_name: str = Field(default="pgw_session", pattern=r"^[A-Za-z0-9_]{1,40}$")
+    # Failed sign-ins per user and address: this many free, then a wait
+    # doubling from backoff_initial up to backoff_max seconds.
+    free_attempts: int = Field(default=3, ge=0)
+    backoff_initial: float = Field(default=1, gt=0)
+    backoff_max: float = Field(default=300, gt=0)
+    # Single sign-on through a reverse proxy: the header holding the user
+    # name, honoured only from these proxy addresses. Off while unset.
+    trusted_header: str | None = Field(default=None, pattern=r"^[A-Za-z0-9-]{1,64}$")
+    trusted_proxies: list[str] = Field(default_factory=list)
+    # Open sockets are authenticated again this often: a sign-out, a
+    # revoked token or a disabled user closes them within this time.
+    socket_check_interval: float = Field(default=30, gt=0)
+
+    @model_validator(mode="after")
+    def _check_proxy(self) -> AuthSettings:
+        if self.trusted_header and not self.trusted_proxies:
+            raise ValueError("auth.trusted_header needs auth.trusted_proxies")
+        return self
+
+
 class DetectSettings(_Strict):
     """Health detection (detect.py): what counts as down, overdue, stuck, flapping.
 
@@ -294,6 +326,7 @@ class Settings(BaseSettings):
     web: WebSettings = WebSettings()
     listener: ListenerSettings = ListenerSettings()
     capture: CaptureSettings = CaptureSettings()
+    auth: AuthSettings = AuthSettings()
     detect: DetectSettings = DetectSettings()
     smtp: SmtpSettings = SmtpSettings()
     alerts: AlertSettings = AlertSettings()

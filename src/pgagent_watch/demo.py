@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 
 from . import capture, samples
+from .auth.admin import add_user, new_token
 from .cluster import Agent, Cluster
 from .config import Settings, load_settings
 from .server import serve
@@ -88,6 +89,14 @@ def demo_settings(
     )
 
 
+async def demo_admin(settings: Settings) -> tuple[str, str, str]:
+    """Create the demo's administrator; return its name, password and a token."""
+    created = await add_user(settings, "admin", "admin", email="admin@localhost")
+    assert created.password is not None
+    token = await new_token(settings, "admin", "demo")
+    return created.name, created.password, token
+
+
 def run_demo(
     port: int,
     say: Callable[[str], None] = print,
@@ -98,6 +107,9 @@ def run_demo(
     with demo_stack() as stack:
         say(f"database: {stack.cluster.url()}")
         settings = demo_settings(stack, port, alert_window, alert_batch)
+        admin = asyncio.run(demo_admin(settings))
+        say(f"login: {admin[0]} {admin[1]}")
+        say(f"token: {admin[2]}")
         service = Service(settings)
         asyncio.run(
             serve(

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import Depends, HTTPException, Path, Request
 
 from .access import Principal
+from .auth.sessions import CSRF_HEADER, SAFE_METHODS, Authenticated, csrf_ok
 
 if TYPE_CHECKING:
     from .service import Service
@@ -25,15 +26,40 @@ ServiceDep = Annotated["Service", Depends(get_service)]
 
 
 async def current_principal(request: Request) -> Principal:
-    """The signed-in user, the API token's owner, or a 401."""
+    """The signed-in user, the API token's owner, or a 401.
+
+    A state-changing request (anything but GET, HEAD and OPTIONS) from a
+    page (cookie session, proxy header, anonymous) must send the session's
+    CSRF token in ``X-CSRF-Token`` (``GET /api/me`` gives it), else 403.
+    Requests with ``Authorization: Bearer`` are exempt.
+    """
     service = get_service(request)
     who = await service.authenticate_request(request)
-    if who is None:
-        raise HTTPException(401, "sign in or give an API token")
+    found = getattr(request.state, "auth", None)
+    if who is None or not isinstance(found, Authenticated):
+        raise HTTPException(
+            401,
+            "sign in or give an API token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if request.method not in SAFE_METHODS and not csrf_ok(
+        found, request.headers.get(CSRF_HEADER)
+    ):
+        raise HTTPException(403, "missing or wrong X-CSRF-Token header")
     return who
 
 
 Who = Annotated[Principal, Depends(current_principal)]
+
+
+async def admin_principal(who: Who) -> Principal:
+    """The principal, if an administrator; else 403."""
+    if not who.is_admin:
+        raise HTTPException(403, "only an administrator may do this")
+    return who
+
+
+Admin = Annotated[Principal, Depends(admin_principal)]
 
 
 def visible_server(service: Service, server_id: int, who: Principal) -> None:

@@ -39,13 +39,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, Field
 
+from . import audit
 from .config import DetectSettings
 from .deps import JobIdPath, ServerIdPath, ServiceDep, Who, visible_server
 from .events import DERIVED_KINDS, RUN_STATUS_TEXT, JobEvent
@@ -1106,10 +1107,20 @@ async def put_job_health_settings(
     body: JobHealthSettings,
     who: Who,
     service: ServiceDep,
+    request: Request,
 ) -> JobHealthSettings:
-    """Set a job's own thresholds; operators and administrators only."""
+    """Set a job's own thresholds; operators and administrators only (audited)."""
     visible_server(service, server_id, who)
     if not who.can_operate(server_id):
+        await audit.record(
+            service,
+            who,
+            "job.health_settings",
+            request=request,
+            server_id=server_id,
+            target=f"job {job_id}",
+            ok=False,
+        )
         raise HTTPException(403, "operators and administrators only")
     if not service.state_ready.is_set():
         raise HTTPException(503, "the state database is not ready")
@@ -1123,4 +1134,13 @@ async def put_job_health_settings(
     detector = service.detectors.get(server_id)
     if detector is not None:
         detector.poke()
+    await audit.record(
+        service,
+        who,
+        "job.health_settings",
+        request=request,
+        server_id=server_id,
+        target=f"job {job_id}",
+        detail=body.model_dump(mode="json"),
+    )
     return body

@@ -17,7 +17,13 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from . import capture, flow, jobs, state, users
-from .access import ANONYMOUS, Principal
+from .access import Principal
+from .auth.sessions import (
+    Authenticated,
+    Authenticator,
+    cookie_from_header,
+    peer_of_environ,
+)
 from .config import ServerConfig, Settings
 from .detect import DetectCollector, Detector, JobSettingStore
 from .hub import Hub
@@ -141,6 +147,7 @@ class Service:
                 self.locks.append(lock)
         self._users_exist: tuple[float, bool] = (0.0, False)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.auth = Authenticator(self)
         self.started = False
         # Alerts: subscriptions, outbox, dispatch (registers its own consumer).
         from .alerts.manager import AlertService
@@ -168,6 +175,7 @@ class Service:
             if server.detector is not None:
                 self.spawn(server.detector.run(), f"detect-{server.config.name}")
         self.spawn(self._prune_loop(), "prune")
+        self.spawn(self.auth.watch_sockets(), "auth-sockets")
         await self.alerts.start()
         self.spawn(self.metrics.run(), "metrics")
         for lock in self.locks:
@@ -298,15 +306,16 @@ class Service:
                 conn, token, self.server_ids_by_name()
             )
 
-    async def _authenticate(self, token: str | None) -> Principal | None:
+    def forget_users_exist(self) -> None:
+        """Drop the cached answer of users_exist (a user was just created)."""
+        self._users_exist = (0.0, False)
+
+    async def _authenticate(self, **how: Any) -> Authenticated | None:
         """Until users exist everyone is the anonymous administrator."""
         if not self.state_ready.is_set():
             return None
         try:
-            if token:
-                return await self.principal_for_token(token)
-            if not await self.users_exist():
-                return ANONYMOUS
+            return await self.auth.authenticate(**how)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -316,16 +325,63 @@ class Service:
     async def authenticate_socket(
         self, environ: dict[str, Any], auth: Any
     ) -> Principal | None:
-        """Who opens this socket: ``auth={"token": ...}``, or None to refuse."""
+        """Who opens this socket, or None to refuse.
+
+        ``auth={"token": ...}``, else the session cookie, else the trusted
+        proxy header. A browser's socket from another origin is refused
+        unless it brings a token.
+        """
         token = auth.get("token") if isinstance(auth, dict) else None
-        return await self._authenticate(token if isinstance(token, str) else None)
+        bearer = token if isinstance(token, str) and token else None
+        peer = peer_of_environ(environ)
+        if bearer is None and not self.auth.same_origin(
+            environ.get("HTTP_ORIGIN"), environ.get("HTTP_HOST")
+        ):
+            logger.warning("socket from a foreign origin refused")
+            return None
+        header = self.settings.auth.trusted_header
+        proxy_user = (
+            environ.get("HTTP_" + header.upper().replace("-", "_")) if header else None
+        )
+        credentials = {
+            "bearer": bearer,
+            "cookie": cookie_from_header(
+                environ.get("HTTP_COOKIE"), self.auth.cookie_name
+            ),
+            "proxy_user": proxy_user,
+            "peer": peer,
+        }
+        found = await self._authenticate(**credentials)
+        if found is None:
+            return None
+        self.auth.remember_socket(environ, credentials, found)
+        return found.principal
 
     async def authenticate_request(self, request: Any) -> Principal | None:
-        """Who sends this request: ``Authorization: Bearer TOKEN``, or None."""
+        """Who sends this request: ``Authorization: Bearer TOKEN``, the session
+        cookie or the trusted proxy header; None when nobody.
+
+        The details (method, CSRF token, session) are kept in
+        ``request.state.auth``; the client address in
+        ``request.state.client_address``.
+        """
+        cached = getattr(request.state, "auth", None)
+        if isinstance(cached, Authenticated):
+            return cached.principal
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         bearer = token.strip() if scheme.lower() == "bearer" else None
-        return await self._authenticate(bearer)
+        peer = request.client.host if request.client else None
+        request.state.client_address = self.auth.client_address(peer, request.headers)
+        trusted = self.settings.auth.trusted_header
+        found = await self._authenticate(
+            bearer=bearer or None,
+            cookie=request.cookies.get(self.auth.cookie_name),
+            proxy_user=request.headers.get(trusted) if trusted else None,
+            peer=peer,
+        )
+        request.state.auth = found
+        return found.principal if found else None
 
     async def job_states(
         self, server_id: int, job_id: int | None = None

@@ -10,7 +10,7 @@ from typing import Any
 
 import socketio
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
@@ -31,6 +31,7 @@ CSP = (
 # Routers of the other modules, included in this order; each module has a
 # ``router`` (an APIRouter).
 ROUTERS: list[str] = [
+    ".auth.routes",
     ".alerts.routes",
     ".routes_jobs",
     ".routes_page",
@@ -82,8 +83,14 @@ def create_app(service: Service) -> socketio.ASGIApp:
         return response
 
     @api.get("/", include_in_schema=False)
-    async def page() -> FileResponse:
-        return FileResponse(f"{static_dir()}/index.html")
+    async def page(request: Request) -> Response:
+        """The page; once users exist, only after sign-in."""
+        if await service.authenticate_request(request) is None:
+            return RedirectResponse("/login", 303)
+        # Never from a cache: after sign-out the page must ask again.
+        return FileResponse(
+            f"{static_dir()}/index.html", headers={"Cache-Control": "no-store"}
+        )
 
     @api.get("/api/servers", response_model=list[ServerOut], tags=["servers"])
     async def list_servers(who: Who) -> list[dict[str, Any]]:

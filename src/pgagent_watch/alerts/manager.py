@@ -6,6 +6,7 @@ import logging
 import secrets
 from typing import TYPE_CHECKING, Any
 
+from .. import audit
 from ..access import Principal
 from ..config import Settings
 from . import subscriptions
@@ -104,6 +105,7 @@ class AlertService:
                     "BAD_REQUEST", "'subscribe' must be true or false"
                 )
             server_id, job_id = check_target(data.get("server_id"), data.get("job_id"))
+            address = audit.socket_address(self.service, sid)
             if subscribe:
                 sub = await self.subscribe(
                     principal,
@@ -111,9 +113,12 @@ class AlertService:
                     job_id,
                     data.get("statuses"),
                     data.get("channel"),
+                    address=address,
                 )
                 return {"ok": True, "subscription": sub}
-            await self.unsubscribe(principal, server_id, job_id, data.get("channel"))
+            await self.unsubscribe(
+                principal, server_id, job_id, data.get("channel"), address=address
+            )
             return {"ok": True, "subscription": None}
         except SubscriptionError as exc:
             raise BadRequest(exc.code, str(exc), sid_for_error) from None
@@ -133,8 +138,13 @@ class AlertService:
         job_id: int | None,
         statuses: Any,
         channel: Any,
+        *,
+        address: str | None = None,
     ) -> Subscription:
-        """Create or replace a subscription; raise SubscriptionError with a code."""
+        """Create or replace a subscription; raise SubscriptionError with a code.
+
+        Recorded in the audit trail with the client ``address``.
+        """
         user_id = self._user(principal)
         words = subscriptions.check_statuses(statuses)
         chosen = subscriptions.check_channel(
@@ -142,19 +152,46 @@ class AlertService:
         )
         await self._check_visible(principal, server_id, job_id)
         async with self.service.state_pool.connection(timeout=10) as conn:
-            return await subscriptions.upsert(
+            sub = await subscriptions.upsert(
                 conn, user_id, server_id, job_id, words, chosen
             )
+        await audit.record(
+            self.service,
+            principal,
+            "subscription.set",
+            address=address,
+            server_id=server_id,
+            target=f"job {job_id}" if job_id is not None else "every job",
+            detail={"statuses": words, "channel": chosen},
+        )
+        return sub
 
     async def unsubscribe(
-        self, principal: Principal, server_id: int, job_id: int | None, channel: Any
+        self,
+        principal: Principal,
+        server_id: int,
+        job_id: int | None,
+        channel: Any,
+        *,
+        address: str | None = None,
     ) -> int:
         user_id = self._user(principal)
         name = channel if isinstance(channel, str) else subscriptions.EMAIL
         async with self.service.state_pool.connection(timeout=10) as conn:
-            return await subscriptions.delete_target(
+            deleted = await subscriptions.delete_target(
                 conn, user_id, server_id, job_id, name
             )
+        if deleted:
+            await audit.record(
+                self.service,
+                principal,
+                "subscription.delete",
+                address=address,
+                server_id=server_id,
+                target=f"job {job_id}" if job_id is not None else "every job",
+                detail={"channel": name},
+            )
+        return deleted
 
     async def _check_visible(
         self, principal: Principal, server_id: int, job_id: int | None

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 from psycopg.rows import dict_row
 from pydantic import BaseModel, Field
 
+from .. import audit
 from ..deps import ServiceDep, Who
 from . import subscriptions
 from .channels import DeliveryError
@@ -68,7 +69,7 @@ async def list_subscriptions(service: ServiceDep, who: Who) -> list[Subscription
 
 @router.put("/api/subscriptions", response_model=SubscriptionOut)
 async def put_subscription(
-    body: SubscriptionIn, service: ServiceDep, who: Who
+    body: SubscriptionIn, request: Request, service: ServiceDep, who: Who
 ) -> Subscription:
     """Create or replace the caller's subscription to a job (or every job).
 
@@ -77,7 +78,12 @@ async def put_subscription(
     """
     try:
         return await _alerts(service).subscribe(
-            who, body.server_id, body.job_id, body.statuses, body.channel
+            who,
+            body.server_id,
+            body.job_id,
+            body.statuses,
+            body.channel,
+            address=audit.client_address(request),
         )
     except SubscriptionError as exc:
         raise _fail(exc) from None
@@ -86,6 +92,7 @@ async def put_subscription(
 @router.delete("/api/subscriptions/{subscription_id}", status_code=204)
 async def delete_subscription(
     subscription_id: Annotated[int, Path(ge=1, le=MAX_ID)],
+    request: Request,
     service: ServiceDep,
     who: Who,
 ) -> None:
@@ -95,6 +102,13 @@ async def delete_subscription(
     async with service.state_pool.connection(timeout=10) as conn:
         if not await subscriptions.delete(conn, who.user_id, subscription_id):
             raise HTTPException(404, "no such subscription")
+    await audit.record(
+        service,
+        who,
+        "subscription.delete",
+        request=request,
+        target=f"subscription {subscription_id}",
+    )
 
 
 class AlertOut(BaseModel):
@@ -128,23 +142,23 @@ async def list_alerts(
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> list[dict[str, Any]]:
     """Outbox rows, newest first: an administrator's all, anyone else's own."""
-    where: list[str] = ["TRUE"]
-    params: list[Any] = []
-    if state is not None:
-        where.append("state = %s")
-        params.append(state)
-    if not who.is_admin:
-        where.append("user_id = %s")
-        params.append(who.user_id)
     visible = [s for s in service.servers if who.can_see(s)]
-    where.append("server_id = ANY(%s)")
-    params.append(visible)
     async with service.state_pool.connection(timeout=10) as conn:
         cur = conn.cursor(row_factory=dict_row)
+        # One constant statement: a NULL filter is no filter.
         await cur.execute(
             f"SELECT {_ALERT_COLUMNS} FROM pgagent_watch.alert"  # noqa: S608
-            f" WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT %s",
-            (*params, limit),
+            " WHERE (%(state)s::text IS NULL OR state = %(state)s)"
+            " AND (%(user)s::integer IS NULL OR user_id = %(user)s)"
+            " AND server_id = ANY(%(servers)s)"
+            " ORDER BY id DESC LIMIT %(limit)s",
+            {
+                "state": state,
+                # -1: nobody's (a non-admin always has a user id).
+                "user": None if who.is_admin else (who.user_id or -1),
+                "servers": visible,
+                "limit": limit,
+            },
         )
         return await cur.fetchall()
 
@@ -152,6 +166,7 @@ async def list_alerts(
 @router.post("/api/alerts/{alert_id}/resend", response_model=AlertOut)
 async def resend_alert(
     alert_id: Annotated[int, Path(ge=1, le=2**63 - 1)],
+    request: Request,
     service: ServiceDep,
     who: Who,
 ) -> dict[str, Any]:
@@ -180,6 +195,14 @@ async def resend_alert(
         out = await cur.fetchone()
     _alerts(service).dispatcher.poke()
     assert out is not None
+    await audit.record(
+        service,
+        who,
+        "alert.resend",
+        request=request,
+        server_id=out["server_id"],
+        target=f"alert {alert_id}",
+    )
     return out
 
 
@@ -190,7 +213,7 @@ class TestIn(BaseModel):
 
 @router.post("/api/alerts/test")
 async def send_test_alert(
-    body: TestIn, service: ServiceDep, who: Who
+    body: TestIn, request: Request, service: ServiceDep, who: Who
 ) -> dict[str, Any]:
     """Send one real message through a channel; answer with the server's reply.
 
@@ -198,8 +221,18 @@ async def send_test_alert(
     with the server's answer when it refused or could not be reached.
     """
     to = body.to or who.email
+    if body.channel is None and not to:
+        raise HTTPException(422, "give an address to send the test to")
     if not who.is_admin and body.channel is None and to != who.email:
         raise HTTPException(403, "you may send a test only to your own address")
+    await audit.record(
+        service,
+        who,
+        "alert.test",
+        request=request,
+        target=body.channel or "e-mail",
+        detail={"to": to},
+    )
     try:
         answer = await _alerts(service).send_test(to, body.channel)
     except SubscriptionError as exc:
