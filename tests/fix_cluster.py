@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import aiohttp
 import psycopg
 import pytest
 import socketio
@@ -188,7 +189,12 @@ class Client:
     """A real Socket.IO client over a real websocket, recording what it receives."""
 
     def __init__(self) -> None:
-        self.sio = socketio.AsyncClient(reconnection=True, reconnection_delay=0.1)
+        # Its own HTTP session, closed with the client: engineio would make a
+        # new one at every reconnection attempt and leave them to the GC.
+        self.http = aiohttp.ClientSession()
+        self.sio = socketio.AsyncClient(
+            reconnection=True, reconnection_delay=0.1, http_session=self.http
+        )
         self.received: list[tuple[str, Any]] = []
         self._changed = asyncio.Event()
 
@@ -245,15 +251,9 @@ class Client:
                 await asyncio.wait_for(self._changed.wait(), remaining)
 
     async def close(self) -> None:
+        self.sio.reconnection = False
         await self.sio.disconnect()
-        await close_http(self.sio)
-
-
-async def close_http(sio: socketio.AsyncClient) -> None:
-    """Close engineio's HTTP session, which a refused or reconnecting client keeps."""
-    http = getattr(sio.eio, "http", None)
-    if http is not None and not http.closed:
-        await http.close()
+        await self.http.close()
 
 
 @pytest.fixture
@@ -265,7 +265,7 @@ async def client_factory() -> AsyncIterator[Callable[..., Any]]:
         try:
             await c.connect(url, **kw)
         except BaseException:
-            await close_http(c.sio)
+            await c.http.close()
             raise
         clients.append(c)
         return c

@@ -236,3 +236,29 @@ def test_events_older_than_the_retention_are_pruned(db: psycopg.Connection) -> N
         "SELECT status FROM pgagent_watch.event WHERE job_id = %s", (job_id,)
     ).fetchall()
     assert rows == [("changed",)]
+
+
+def test_uninstall_twice_is_the_same_as_once(scratch_db: psycopg.Connection) -> None:
+    capture.install(scratch_db)
+    capture.uninstall(scratch_db)
+    capture.uninstall(scratch_db)
+    assert trigger_names(scratch_db) == set()
+
+
+def test_event_ids_never_repeat_across_uninstall_and_install(
+    scratch_db: psycopg.Connection,
+) -> None:
+    # Consumers (the outbox) remember ids: a reinstall must not hand them out again.
+    capture.install(scratch_db)
+    first = samples.create_job(scratch_db, "one", [Step("a", "SELECT 1")])
+    before = scratch_db.execute(
+        "SELECT max(id) FROM pgagent_watch.event WHERE job_id = %s", (first,)
+    ).fetchone()
+    capture.uninstall(scratch_db)
+    capture.install(scratch_db)
+    second = samples.create_job(scratch_db, "two", [Step("a", "SELECT 1")])
+    after = scratch_db.execute(
+        "SELECT min(id) FROM pgagent_watch.event WHERE job_id = %s", (second,)
+    ).fetchone()
+    assert before is not None and after is not None
+    assert after[0] > before[0]

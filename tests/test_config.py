@@ -100,3 +100,15 @@ def test_a_bad_dsn_is_refused_without_echoing_its_password(tmp_path: Path) -> No
 def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="config file not found"):
         load_settings(tmp_path / "absent.toml")
+
+
+@pytest.mark.parametrize("port", ["99999", "-5", "eighty"])
+def test_a_bad_port_on_the_command_line_is_a_usage_error(
+    port: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pgagent_watch.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--port", port])
+    assert info.value.code == 2
+    assert "port" in capsys.readouterr().err

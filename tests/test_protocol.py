@@ -114,3 +114,39 @@ async def test_once_users_exist_a_token_is_required(
             await conn.execute("UPDATE pgagent_watch.api_token SET revoked_at = now()")
         with pytest.raises(socketio.exceptions.ConnectionError):
             await client_factory(running.url, auth={"token": token})
+
+
+async def test_the_default_namespace_is_not_open(watch: Running) -> None:
+    sio = socketio.AsyncClient(reconnection=False)
+    try:
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await sio.connect(
+                watch.url, namespaces=["/"], transports=["websocket"], wait_timeout=10
+            )
+    finally:
+        await sio.disconnect()
+        http = getattr(sio.eio, "http", None)
+        if http is not None:
+            await http.close()
+
+
+async def test_bodies_are_bounded_and_bad_json_is_never_a_500(watch: Running) -> None:
+    async with httpx.AsyncClient(base_url=watch.url) as http:
+        big = await http.put(
+            "/api/subscriptions",
+            content=b"{" + b" " * (2 * 1024 * 1024) + b"}",
+            headers={"Content-Type": "application/json"},
+        )
+        assert big.status_code == 413
+        for body in (
+            b'{"server_id": NaN}',
+            b'{"server_id": "\\ud800"}',
+            b'{"\\ud800": 1}',
+        ):
+            answer = await http.put(
+                "/api/subscriptions",
+                content=body,
+                headers={"Content-Type": "application/json"},
+            )
+            assert 400 <= answer.status_code < 500, (body, answer.status_code)
+            assert "ud800" not in answer.text

@@ -75,8 +75,11 @@ def uninstall(conn: psycopg.Connection) -> None:
     """
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_INSTALL_LOCK,))
-        if installed_version(conn) is None and not has_pgagent(conn):
-            return
+        row = conn.execute(
+            "SELECT to_regclass('pgagent_watch.version') IS NOT NULL"
+        ).fetchone()
+        if not row or not row[0]:
+            return  # nothing of ours here (or removed already)
         conn.execute(_script("uninstall.sql").encode())
         left = conn.execute(
             "SELECT count(*) FROM pg_class c JOIN pg_namespace n"

@@ -183,6 +183,17 @@ def cmd_user_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def port(text: str) -> int:
+    """A TCP port number, for argparse: 0 to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pgagent-watch", description="Live job status and alerting for pgAgent."
@@ -210,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run the demo: a throwaway cluster, pgAgent, sample jobs",
         False,
     )
-    p.add_argument("--port", type=int, default=8080, help="the page's port (8080)")
+    p.add_argument("--port", type=port, default=8080, help="the page's port (8080)")
     p.add_argument(
         "--alert-window",
         type=float,
@@ -227,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = add("serve", cmd_serve, "watch the configured servers and serve the page")
     p.add_argument("--host", default=None)
-    p.add_argument("--port", type=int, default=None)
+    p.add_argument("--port", type=port, default=None)
     p = add("install", cmd_install, "install or upgrade capture in a server's database")
     p.add_argument(
         "--server", required=True, help="the server's name in the configuration"

@@ -21,3 +21,10 @@ class ReplayMarkError(PgAgentWatchError, RuntimeError):
     This happens when a database is restored into a fresh cluster with
     pg_dump: the stored transaction ids belong to the old cluster.
     """
+
+
+class StateUnavailable(PgAgentWatchError, ConnectionError):
+    """The state database (users, sessions) cannot be reached right now.
+
+    Nobody can be signed in or refused for sure: the API answers 503, not 401.
+    """

@@ -37,6 +37,11 @@ logger = logging.getLogger("pgagent_watch.listener")
 T = TypeVar("T")
 
 
+_HEARTBEAT = (
+    "SELECT id, xid, kind, job_id, jlgid, jstid, jslid FROM pgagent_watch.event LIMIT 0"
+)
+
+
 class ListenerState(StrEnum):
     STARTING = "starting"
     CONNECTED = "connected"
@@ -138,9 +143,9 @@ class Listener:
         """Listen until cancelled, reconnecting for ever."""
         attempt = 0
         while True:
+            connects = self.status.connected_at
             try:
                 await self._session()
-                attempt = 0
             except asyncio.CancelledError:
                 self._set_state(ListenerState.STOPPED)
                 raise
@@ -152,6 +157,10 @@ class Listener:
                 if not isinstance(exc, psycopg.Error | OSError | TimeoutError):
                     logger.exception("listener of %s crashed", self.server.name)
             self.status.reconnects += 1
+            if self.status.connected_at != connects:
+                # The session had connected: this is a new outage, not the
+                # same one going on, so the backoff starts over.
+                attempt = 0
             delay = min(
                 self.settings.backoff_max,
                 self.settings.backoff_initial * 2 ** min(attempt, 16),
@@ -277,7 +286,9 @@ class Listener:
                 )
             else:
                 # Quiet: the heartbeat proves the connection still answers.
-                await self._bounded(conn.execute("SELECT 1"))
+                # It reads the event table, so a dropped or altered table
+                # shows as a problem now, not at the next full read.
+                await self._bounded(conn.execute(_HEARTBEAT))
 
     def _publish(self, events: list[Any]) -> None:
         if not events:

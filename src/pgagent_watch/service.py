@@ -26,10 +26,11 @@ from .auth.sessions import (
 )
 from .config import ServerConfig, Settings
 from .detect import DetectCollector, Detector, JobSettingStore
+from .errors import StateUnavailable
 from .hub import Hub
 from .listener import Listener
 from .metrics import Metrics
-from .push import PgAgentNamespace, Pusher
+from .push import NAMESPACE, PgAgentNamespace, Pusher
 from .scaleout import ListenLock, RedisManager
 
 logger = logging.getLogger("pgagent_watch.service")
@@ -75,6 +76,8 @@ class Service:
         self.sio = flow.AsyncServer(
             client_manager=self.redis,
             async_mode="asgi",
+            # Only our namespace: the default "/" would accept anyone.
+            namespaces=[NAMESPACE],
             cors_allowed_origins=[],
             ping_interval=settings.web.ping_interval,
             ping_timeout=settings.web.ping_timeout,
@@ -311,16 +314,19 @@ class Service:
         self._users_exist = (0.0, False)
 
     async def _authenticate(self, **how: Any) -> Authenticated | None:
-        """Until users exist everyone is the anonymous administrator."""
+        """Until users exist everyone is the anonymous administrator.
+
+        Raises StateUnavailable when the state database cannot answer.
+        """
         if not self.state_ready.is_set():
-            return None
+            raise StateUnavailable("the state database is not ready yet")
         try:
             return await self.auth.authenticate(**how)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             logger.warning("authentication failed on the state database: %s", exc)
-        return None
+            raise StateUnavailable("the state database cannot be reached") from None
 
     async def authenticate_socket(
         self, environ: dict[str, Any], auth: Any
@@ -351,7 +357,10 @@ class Service:
             "proxy_user": proxy_user,
             "peer": peer,
         }
-        found = await self._authenticate(**credentials)
+        try:
+            found = await self._authenticate(**credentials)
+        except StateUnavailable:
+            return None
         if found is None:
             return None
         self.auth.remember_socket(environ, credentials, found)

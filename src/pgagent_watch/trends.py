@@ -80,6 +80,8 @@ def period(
         first, last = today - timedelta(days=(days or 7) - 1), today
     if (last - first).days + 1 > MAX_DAYS:
         raise ValueError(f"at most {MAX_DAYS} days")
+    if last >= date.max - timedelta(days=1) or first <= date.min + timedelta(days=1):
+        raise ValueError("the range is out of the calendar")
     begin = datetime.combine(first, datetime.min.time(), zone)
     finish = datetime.combine(last + timedelta(days=1), datetime.min.time(), zone)
     return begin, finish

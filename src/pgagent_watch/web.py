@@ -10,12 +10,14 @@ from typing import Any
 
 import socketio
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 from . import __version__
 from .deps import ServerIdPath, Who, visible_server
+from .errors import StateUnavailable
 from .push import jsonable
 from .service import Service
 
@@ -27,6 +29,9 @@ CSP = (
     "connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; "
     "form-action 'self'"
 )
+
+# No request of the page or the API needs more.
+MAX_BODY = 1024 * 1024
 
 # Routers of the other modules, included in this order; each module has a
 # ``router`` (an APIRouter).
@@ -53,6 +58,11 @@ def static_dir() -> str:
     return str(resources.files("pgagent_watch").joinpath("static"))
 
 
+def _printable(value: object) -> str:
+    """Text that always encodes: a lone surrogate becomes '?'."""
+    return str(value)[:200].encode("utf-8", "replace").decode("utf-8")
+
+
 def create_app(service: Service) -> socketio.ASGIApp:
     """The whole ASGI application for one Service; its lifespan runs the service."""
 
@@ -68,14 +78,47 @@ def create_app(service: Service) -> socketio.ASGIApp:
         title="pgagent-watch",
         version=__version__,
         lifespan=lifespan,
-        docs_url="/api/docs",
+        # Swagger UI loads its script from a CDN, which the CSP forbids; the
+        # description itself is served.
+        docs_url=None,
         openapi_url="/api/openapi.json",
         redoc_url=None,
     )
     api.state.service = service
 
+    @api.exception_handler(StateUnavailable)
+    async def state_unavailable(request: Request, exc: StateUnavailable) -> Response:
+        return JSONResponse(
+            {"detail": f"{exc}; try again in a moment"},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+
+    @api.exception_handler(RequestValidationError)
+    async def invalid_request(
+        request: Request, exc: RequestValidationError
+    ) -> Response:
+        # The input is not echoed: it can be huge, or not encodable (a lone
+        # surrogate, NaN), and it is the client's own anyway.
+        errors = [
+            {
+                "loc": [_printable(part) for part in e.get("loc", ())],
+                "msg": _printable(e.get("msg", "")),
+                "type": e.get("type"),
+            }
+            for e in exc.errors()[:20]
+        ]
+        return JSONResponse({"detail": errors}, status_code=422)
+
     @api.middleware("http")
     async def security_headers(request: Request, call_next: Any) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+            return JSONResponse(
+                {"detail": f"a request body is at most {MAX_BODY} bytes"},
+                status_code=413,
+                headers={"Content-Security-Policy": CSP},
+            )
         response: Response = await call_next(request)
         response.headers.setdefault("Content-Security-Policy", CSP)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")

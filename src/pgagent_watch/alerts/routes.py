@@ -221,10 +221,13 @@ async def send_test_alert(
     with the server's answer when it refused or could not be reached.
     """
     to = body.to or who.email
-    if body.channel is None and not to:
+    by_email = body.channel in (None, subscriptions.EMAIL)
+    if by_email and not to:
         raise HTTPException(422, "give an address to send the test to")
-    if not who.is_admin and body.channel is None and to != who.email:
-        raise HTTPException(403, "you may send a test only to your own address")
+    if not who.is_admin and (not by_email or to != who.email):
+        raise HTTPException(
+            403, "you may send a test only by e-mail, to your own address"
+        )
     await audit.record(
         service,
         who,

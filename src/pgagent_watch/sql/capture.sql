@@ -28,6 +28,18 @@ CREATE TABLE IF NOT EXISTS pgagent_watch.event (
     extra jsonb
 );
 CREATE INDEX IF NOT EXISTS event_xid ON pgagent_watch.event (xid);
+
+-- Event ids never repeat, not even across uninstall and install: consumers
+-- (the alert outbox, a running listener) remember ids. A new table's ids
+-- start at the current time in milliseconds, above any an earlier table
+-- handed out unless it averaged over a thousand events a second.
+SELECT setval(
+    pg_get_serial_sequence('pgagent_watch.event', 'id'),
+    greatest(
+        (SELECT last_value FROM pgagent_watch.event_id_seq),
+        (extract(epoch FROM clock_timestamp()) * 1000)::bigint
+    )
+);
 -- BRIN: nearly free on insert, enough to find the rows to prune.
 CREATE INDEX IF NOT EXISTS event_at ON pgagent_watch.event USING brin (at);
 -- Health detection finds its open conditions (the latest event of each)

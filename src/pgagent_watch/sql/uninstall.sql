@@ -11,4 +11,10 @@ DROP FUNCTION IF EXISTS pgagent_watch.capture_job();
 DROP FUNCTION IF EXISTS pgagent_watch.notify(bigint, text);
 DROP TABLE IF EXISTS pgagent_watch.event;
 DROP INDEX IF EXISTS pgagent.pgagent_watch_joblog_job_run;
-DELETE FROM pgagent_watch.version WHERE component = 'capture';
+DO $$
+BEGIN
+    IF to_regclass('pgagent_watch.version') IS NOT NULL THEN
+        DELETE FROM pgagent_watch.version WHERE component = 'capture';
+    END IF;
+END
+$$;
