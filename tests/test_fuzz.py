@@ -67,3 +67,31 @@ def test_server_id_of_returns_an_id_in_range_or_raises_bad_request(data):
         assert exc.code in {"BAD_REQUEST", "NO_SERVER_ID"}
         return
     assert type(value) is int and 1 <= value <= MAX_ID
+
+
+def test_undecodable_frames_log_one_short_line_a_second() -> None:
+    import logging
+    import sys
+
+    from pgagent_watch.push import BAD_FRAMES
+
+    def record() -> logging.LogRecord:
+        try:
+            raise ValueError("bad frame")
+        except ValueError:
+            info = sys.exc_info()
+        return logging.LogRecord(
+            "engineio.server",
+            logging.ERROR,
+            __file__,
+            1,
+            "message async handler error",
+            (),
+            info,
+        )
+
+    BAD_FRAMES._last = 0.0
+    first, second = record(), record()
+    assert BAD_FRAMES.filter(first) is True
+    assert first.exc_info is None and "traceback" not in first.getMessage()
+    assert BAD_FRAMES.filter(second) is False

@@ -71,7 +71,10 @@ def cmd_check(args: argparse.Namespace) -> int:
                     " JOIN pg_stat_activity p ON p.pid = a.jagpid"
                 ).fetchone()
                 agents = row[0] if row else 0
-            say(f"{server.name}: ok (capture {version}, {agents} live agents)")
+            if agents:
+                say(f"{server.name}: ok (capture {version}, {agents} live agents)")
+            else:
+                say(f"{server.name}: ok (capture {version}), but NO live pgAgent agent")
         except Exception as exc:
             failures += 1
             reason = str(exc).strip().splitlines()[0] if str(exc) else repr(exc)

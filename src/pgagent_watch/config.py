@@ -355,6 +355,17 @@ class Settings(BaseSettings):
             data = {**data, "smtp": {**dict(smtp), **found}}
         return data
 
+    @field_validator("state_dsn")
+    @classmethod
+    def _check_state_dsn(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            try:
+                conninfo_to_dict(value.get_secret_value())
+            except Exception:
+                # The libpq message may quote the DSN, password and all.
+                raise ValueError("state_dsn is not valid") from None
+        return value
+
     @model_validator(mode="after")
     def _unique_servers(self) -> Settings:
         names = [s.name for s in self.servers]

@@ -32,6 +32,35 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("pgagent_watch.push")
 
+
+class _BadFrameFilter(logging.Filter):
+    """engineio logs a full traceback for every undecodable frame a client
+    sends; anyone could fill the log that way. Keep one short line a second.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last = 0.0
+        self.dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("message async handler error"):
+            return True
+        record.exc_info = None
+        record.exc_text = None
+        now = time.monotonic()
+        if now - self._last < 1.0:
+            self.dropped += 1
+            return False
+        self._last = now
+        record.msg = "undecodable message from a client (more are not logged)"
+        record.args = ()
+        return True
+
+
+BAD_FRAMES = _BadFrameFilter()
+logging.getLogger("engineio.server").addFilter(BAD_FRAMES)
+
 NAMESPACE = "/pgagent"
 MAX_ID = 2**31 - 1
 # Events in one job_status_batch frame: a burst after a long outage leaves as
