@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import httpx
-import psycopg
 import pytest
 
 from pgagent_watch import samples
 from pgagent_watch.samples import Step
 
 from .alerts_support import (
-    Inbox,
     alert_ids,
     alert_settings,
     alerts_ready,
@@ -27,24 +23,7 @@ from .alerts_support import (
 )
 from .fix_cluster import running_service, until
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _forget_users(cluster: Any) -> Iterator[None]:
-    """Users end anonymous access: remove ours so later modules are unaffected."""
-    yield
-    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
-        conn.execute("DELETE FROM pgagent_watch.app_user WHERE name LIKE 'user-%'")
-
-
-@pytest.fixture
-async def inbox() -> AsyncIterator[Inbox]:
-    box = await Inbox().start()
-    try:
-        yield box
-    finally:
-        await box.stop()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("forget_users")]
 
 
 async def test_a_failing_batch_step_arrives_naming_the_step_and_its_output(

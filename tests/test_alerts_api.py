@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 
 from pgagent_watch.samples import Step
@@ -15,12 +13,7 @@ from pgagent_watch.samples import Step
 from .alerts_support import alert_settings, alerts_ready, eventually, make_user
 from .fix_cluster import running_service
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _forget_users(cluster: Any) -> Iterator[None]:
-    yield
-    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
-        conn.execute("DELETE FROM pgagent_watch.app_user WHERE name LIKE 'user-%'")
+pytestmark = pytest.mark.usefixtures("forget_users")
 
 
 async def test_subscriptions_are_per_user_and_bad_input_gets_a_clear_error(

@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 
 from pgagent_watch.samples import Step
 
 from .alerts_support import (
-    Inbox,
     alert_settings,
     alerts_ready,
     eventually,
@@ -27,23 +24,7 @@ from .alerts_support import (
 )
 from .fix_cluster import running_service, settings_for, until
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _forget_users(cluster: Any) -> Iterator[None]:
-    yield
-    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
-        conn.execute("DELETE FROM pgagent_watch.app_user WHERE name LIKE 'user-%'")
-
-
-@pytest.fixture
-async def inbox() -> AsyncIterator[Inbox]:
-    box = await Inbox().start()
-    try:
-        yield box
-    finally:
-        await box.stop()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("forget_users")]
 
 
 def config(folder: Path, dsn: str, smtp_port: int) -> Path:

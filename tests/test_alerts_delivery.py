@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -29,23 +28,7 @@ from .alerts_support import (
 )
 from .fix_cluster import running_service, until
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _forget_users(cluster: Any) -> Iterator[None]:
-    yield
-    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
-        conn.execute("DELETE FROM pgagent_watch.app_user WHERE name LIKE 'user-%'")
-
-
-@pytest.fixture
-async def inbox() -> AsyncIterator[Inbox]:
-    box = await Inbox().start()
-    try:
-        yield box
-    finally:
-        await box.stop()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("forget_users")]
 
 
 def states(db: psycopg.Connection, address: str) -> list[str]:

@@ -10,19 +10,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
-import psycopg
 import pytest
 
 from pgagent_watch.cluster import free_port
 from pgagent_watch.samples import Step
 
 from .alerts_support import (
-    Inbox,
     alert_ids,
     make_user,
     outbox,
@@ -31,23 +28,7 @@ from .alerts_support import (
 )
 from .fix_cluster import until
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _forget_users(cluster: Any) -> Iterator[None]:
-    yield
-    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
-        conn.execute("DELETE FROM pgagent_watch.app_user WHERE name LIKE 'user-%'")
-
-
-@pytest.fixture
-async def inbox() -> AsyncIterator[Inbox]:
-    box = await Inbox().start()
-    try:
-        yield box
-    finally:
-        await box.stop()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("forget_users")]
 
 
 def config(folder: Path, dsn: str, smtp_port: int, window: float) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,7 +18,6 @@ from pgagent_watch.config import AlertSettings, SmtpSettings
 from pgagent_watch.samples import Step
 
 from .alerts_support import (
-    Inbox,
     alert_ids,
     alert_settings,
     alerts_ready,
@@ -30,23 +29,7 @@ from .alerts_support import (
 )
 from .fix_cluster import running_service, unique, until
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _forget_users(cluster: Any) -> Iterator[None]:
-    yield
-    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
-        conn.execute("DELETE FROM pgagent_watch.app_user WHERE name LIKE 'user-%'")
-
-
-@pytest.fixture
-async def inbox() -> AsyncIterator[Inbox]:
-    box = await Inbox().start()
-    try:
-        yield box
-    finally:
-        await box.stop()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("forget_users")]
 
 
 @pytest.fixture

@@ -3,17 +3,12 @@ CJK and 4-byte symbols (C7, C9), written by the real pgAgent daemon."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
-
-import psycopg
 import pytest
 
 from pgagent_watch import samples
 from pgagent_watch.samples import Step
 
 from .alerts_support import (
-    Inbox,
     alert_settings,
     alerts_ready,
     html_of,
@@ -23,7 +18,7 @@ from .alerts_support import (
 )
 from .fix_cluster import running_service, until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("forget_users")]
 
 RTL = "שלום עולם مرحبا بالعالم"
 CJK = "漢字テキスト 한국어 😀𝄞"
@@ -34,22 +29,6 @@ echo '{CJK}'
 yes '{CJK}' | head -n 26000
 exit 3
 """
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _forget_users(cluster: Any) -> Iterator[None]:
-    yield
-    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
-        conn.execute("DELETE FROM pgagent_watch.app_user WHERE name LIKE 'user-%'")
-
-
-@pytest.fixture
-async def inbox() -> AsyncIterator[Inbox]:
-    box = await Inbox().start()
-    try:
-        yield box
-    finally:
-        await box.stop()
 
 
 async def test_hostile_output_is_mailed_escaped_and_cut_short(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import psycopg
 import pytest
 
@@ -16,15 +14,6 @@ from .fix_cluster import running_service, settings_for, until
 from .test_detect import FAST, agent_host, wait_agent_registered
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-async def inbox() -> AsyncIterator[Inbox]:
-    box = await Inbox().start()
-    try:
-        yield box
-    finally:
-        await box.stop()
 
 
 async def test_a_killed_agent_mails_the_stuck_run_and_then_the_all_clear(
