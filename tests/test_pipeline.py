@@ -121,7 +121,10 @@ async def test_a_run_whose_agent_died_is_reported_aborted(
     # A new agent removes the dead one and aborts its runs.
     live_agent.start()
     await client.wait_for(
-        lambda c: ("run", "d") in run_updates(c.updates(), job_id),
+        # pgAgent aborts the run, then its step run, in one transaction.
+        lambda c: (
+            {("run", "d"), ("step", "d")} <= set(run_updates(c.updates(), job_id))
+        ),
         "the run to be aborted",
         limit=WAIT * 2,
     )

@@ -233,7 +233,14 @@ class Agent:
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.kill()
+            pass
+        # The batch steps it started (a shell, its sleep) share its process
+        # group: they must not outlive the daemon.
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
 
     def kill(self) -> None:
         """Kill the daemon (and the batch steps it started) without warning."""

@@ -7,7 +7,7 @@ a client joins it with ``start_job_status_listener {sid}``. Bad input gets
 
 Fan-out: python-socketio's cost is per recipient and per frame, so when
 events come one at a time each leaves at once as ``job_status_update``;
-when several are waiting for one room they leave together as one
+when 16 or more are waiting for one room they leave together as one
 ``job_status_batch {sid, events}`` frame.
 """
 
@@ -66,6 +66,8 @@ MAX_ID = 2**31 - 1
 # Events in one job_status_batch frame: a burst after a long outage leaves as
 # several frames of bounded size, not one that a client refuses.
 MAX_BATCH = 200
+# Fewer events than this waiting for one room leave as single updates.
+BATCH_FROM = 16
 
 
 def room(server_id: int) -> str:
@@ -384,13 +386,19 @@ class Pusher:
         return sent
 
     async def _emit(self, server_id: int, updates: list[JobStatusUpdate]) -> int:
-        if len(updates) == 1:
-            await self._send(server_id, "job_status_update", updates[0])
+        # A few events (a job's run starting, several jobs at the top of the
+        # minute) leave one by one as job_status_update, which every client of
+        # the original protocol understands; only a real burst is worth the
+        # batch frame.
+        if len(updates) < BATCH_FROM:
+            for update in updates:
+                await self._send(server_id, "job_status_update", update)
+            self.frames += len(updates)
         else:
             await self._send(
                 server_id, "job_status_batch", {"sid": server_id, "events": updates}
             )
-        self.frames += 1
+            self.frames += 1
         self.events += len(updates)
         return len(updates)
 
