@@ -51,6 +51,23 @@ def check_email(email: str | None) -> str | None:
     return email
 
 
+def check_role(role: Role | str) -> Role:
+    try:
+        return Role(role)
+    except ValueError:
+        raise UserError(f"unknown role {role!r}: viewer, operator or admin") from None
+
+
+async def _lock_user(conn: AnyConn, user_id: int) -> tuple[str, bool] | None:
+    """The (role, disabled) of a user, its row locked until the transaction ends."""
+    cur = await conn.execute(
+        "SELECT role, disabled FROM pgagent_watch.app_user WHERE id = %s FOR UPDATE",
+        (user_id,),
+    )
+    row = await cur.fetchone()
+    return (row[0], row[1]) if row else None
+
+
 def hash_password(password: str) -> str:
     if len(password) < 8:
         raise UserError("a password has at least 8 characters")
@@ -93,10 +110,7 @@ async def create_user(
     """
     check_name(name)
     check_email(email)
-    try:
-        role = Role(role)
-    except ValueError:
-        raise UserError(f"unknown role {role!r}: viewer, operator or admin") from None
+    role = check_role(role)
     hashed = hash_password(password) if password is not None else None
     try:
         async with conn.transaction():
@@ -308,18 +322,10 @@ async def update_user(
     """
     check_email(email)
     if role is not None:
-        try:
-            role = Role(role).value
-        except ValueError:
-            raise UserError(f"unknown role {role!r}") from None
+        role = check_role(role).value
     hashed = hash_password(password) if password is not None else None
     async with conn.transaction():
-        cur = await conn.execute(
-            "SELECT role, disabled FROM pgagent_watch.app_user WHERE id = %s"
-            " FOR UPDATE",
-            (user_id,),
-        )
-        row = await cur.fetchone()
+        row = await _lock_user(conn, user_id)
         if row is None:
             return False
         stays_admin = (role or row[0]) == "admin" and not (
@@ -351,12 +357,7 @@ async def delete_user(conn: AnyConn, user_id: int) -> bool:
     Raises UserError when it is the last enabled administrator.
     """
     async with conn.transaction():
-        cur = await conn.execute(
-            "SELECT role, disabled FROM pgagent_watch.app_user WHERE id = %s"
-            " FOR UPDATE",
-            (user_id,),
-        )
-        row = await cur.fetchone()
+        row = await _lock_user(conn, user_id)
         if row is None:
             return False
         if row[0] == "admin" and not row[1] and not await _other_admins(conn, user_id):
